@@ -1,0 +1,50 @@
+# FaceAge. The two commands a newcomer needs:
+#   make lab    set up .venv, check for data.zip, open the walkthrough in JupyterLab
+#   make test   set up .venv and run every test: unit tests, strict nbval on the notebooks, browser tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+
+.PHONY: setup lab test data-check execute strip html student bench clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+data-check: setup
+	@$(PY) -c "import faceage_helpers as fh; print('data:', fh.find_data())" || \
+	  echo "The notebooks need data.zip: see 'Getting data.zip' in README.md."
+
+lab: setup data-check
+	$(VENV)/bin/jupyter lab notebooks/01_explore_the_faces.ipynb
+
+test: setup
+	MPLBACKEND=Agg $(PY) -m pytest
+
+# Re-run every notebook top to bottom in place, then strip its images (faces are never committed).
+execute: setup
+	for nb in $(NOTEBOOKS); do \
+	  MPLBACKEND=module://matplotlib_inline.backend_inline $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
+	done
+	$(MAKE) strip
+
+strip: setup
+	$(PY) tools/strip_images.py $(NOTEBOOKS)
+
+# Rendered notebooks (with their figures) to read as a student would: build/html/
+html: setup
+	$(VENV)/bin/jupyter nbconvert --to html --execute --output-dir build/html $(NOTEBOOKS)
+
+bench: setup
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) benchmarks/bench_epoch.py
+
+clean:
+	rm -rf build .pytest_cache weight_images model.npz
