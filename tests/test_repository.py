@@ -1,0 +1,58 @@
+"""Repository hygiene: one environment for pip and conda, no face data committed, notebooks committed executed."""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def pins(lines):
+    return sorted(l.strip() for l in lines if re.match(r"^[A-Za-z0-9_.\-\[\]]+==\S+$", l.strip()))
+
+
+def test_requirements_and_environment_yml_pin_the_same_packages():
+    req = pins((ROOT / "requirements.txt").read_text().splitlines())
+    yml = (ROOT / "environment.yml").read_text()
+    pip_section = yml.split("- pip:", 1)[1].splitlines()
+    yml_pins = pins(l.strip().removeprefix("- ") for l in pip_section)
+    assert req and req == yml_pins
+    assert re.search(r"^\s*- python=3\.11\s*$", yml, re.M)
+
+
+def test_face_data_is_ignored_and_not_tracked():
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert {"data.zip", "*.npy", "*.npz", "*.jpg"} <= set(ignored)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert tracked, "not a git checkout?"
+    faces = [f for f in tracked if re.search(r"(^|/)data\.zip$|\.(npy|npz|jpe?g)$", f, re.I)]
+    assert not faces, f"face data must never be committed: {faces}"
+
+
+def test_the_series_is_numbered_01_to_04():
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_executed_in_order_without_images(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    counts = [c["execution_count"] for c in code]
+    assert None not in counts, "every code cell needs an execution count (strict nbval checks only those)"
+    assert counts == list(range(1, len(code) + 1)), "run the notebook top to bottom on a fresh kernel"
+    images = [k for c in code for o in c.get("outputs", []) for k in o.get("data", {})
+              if k.startswith("image/")]
+    assert not images, f"{len(images)} image outputs committed: run `make strip` (faces must never be committed)"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make lab" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
