@@ -482,18 +482,43 @@ def _check_loss(loss, epoch, lr, start_loss):
             f"{start_loss:.3g}). The learning rate {lr:g} is too large; try {lr / 10:g}.")
 
 
+def _gather_rows(X, rows, out):
+    """X[rows], written into the reused buffer out and so in the parameters' dtype."""
+    if X.dtype == out.dtype:
+        # mode="clip" skips the safety copy of out that take makes for mode="raise";
+        # rows come from a permutation, so they are valid anyway
+        return np.take(X, rows, axis=0, out=out, mode="clip")
+    out[...] = X[rows]  # e.g. uint8 or float64 rows for float32 parameters: converted per batch only
+    return out
+
+
 def train_epoch(params, X, y, lr, batch_size, rng, epoch=1, start_loss=1.0):
-    """One pass of minibatch SGD over (X, y), reshuffled with rng; returns the mean batch loss."""
+    """One pass of minibatch SGD over (X, y), reshuffled with rng; returns the mean batch loss.
+
+    The lesson's loop (forward, mse_loss, backward and sgd_step on batch = order[start:start +
+    batch_size] of order = rng.permutation(N)), arranged so that an epoch costs little more than
+    its two big matrix products (benchmarks/README.md): each batch is gathered into one reused
+    contiguous buffer, everything stays in the parameters' dtype (float32 never meets float64),
+    and the learning rate is applied to dL/dy^ (B numbers) instead of to dW1 (hidden x 2304).
+    """
     n = len(X)
     order = rng.permutation(n)
+    dtype = params["W1"].dtype
+    y = np.asarray(y, dtype=dtype)[order]  # the targets in batch order, once per epoch
+    lr = float(lr)  # a Python float keeps float32 arithmetic in float32
+    X_b_buffer = np.empty((min(batch_size, n), X.shape[1]), dtype)
     total = 0.0
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _check_loss
         for start in range(0, n, batch_size):
             batch = order[start:start + batch_size]
-            y_hat, cache = forward(params, X[batch])
-            loss, dy_hat = mse_loss(y_hat, y[batch])
+            y_hat, cache = forward(params, _gather_rows(X, batch, X_b_buffer[:len(batch)]))
+            loss, dy_hat = mse_loss(y_hat, y[start:start + batch_size])
             _check_loss(loss, epoch, lr, start_loss)
-            sgd_step(params, backward(params, cache, dy_hat), lr)
+            # backward is linear in dy_hat, so given lr * dL/dy^ it returns the SGD steps lr * dL/dp:
+            # the same update as sgd_step(params, grads, lr), without a temporary lr * dW1
+            steps = backward(params, cache, lr * dy_hat)
+            for name, p in params.items():
+                p -= steps[name]
             total += loss * len(batch)
     return total / n
 
@@ -741,11 +766,674 @@ def save_weight_images(W1, folder, n=30, scale=4):
 # -----------------------------------------------------------------------------
 # Widgets: the interactive weight browser of notebook 04
 # -----------------------------------------------------------------------------
+# Each browser is a VBox(IntSlider, HTML caption, Output holding one PNG). Everything slow
+# (activations, rankings, colour limits, the figure itself) is done once when the browser is built;
+# a slider move only swaps new pictures and numbers into that figure and its PNG into the Output.
+
+AGE_GROUPS = (0, 10, 20, 30, 40, 50, 60, 70, 80)  # lower edges of the unit browser's age groups (80 = 80+)
+BROWSER_DPI = 80  # small PNGs: a redraw stays well under a second, and projects fine
+
+
+def hidden_activations(model, X, batch_size=4096):
+    """Hidden activations h = relu(W1 x + b1), shape (N, hidden), of faces X standardised as in training."""
+    X = as_face_rows(X)
+    W1 = model.params["W1"]
+    H = np.empty((len(X), len(W1)), dtype=W1.dtype)
+    for start in range(0, len(X), batch_size):  # in chunks, like predict, to bound memory
+        Xs = ((X[start:start + batch_size] - model.x_mean) / model.x_std).astype(W1.dtype, copy=False)
+        H[start:start + batch_size] = forward(model.params, Xs)[1][2]
+    return H
+
+
+def _ipywidgets():
+    """ipywidgets, imported only when a browser is built: the command line and tests need no display."""
+    try:
+        import ipywidgets
+    except ImportError:
+        raise ImportError("The weight browsers need ipywidgets: pip install -r requirements.txt") from None
+    return ipywidgets
+
+
+def _figure(width, height):
+    """A matplotlib Figure outside pyplot: nothing to close, and no backend or screen needed."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), dpi=BROWSER_DPI)
+
+
+def _png_output(fig, text):
+    """One Output-widget output (a display_data PNG, text as its plain-text stand-in) from a figure."""
+    import base64
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=BROWSER_DPI)
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": text}}
+
+
+def _slider(description, value, lo, hi, step=1):
+    """A wide IntSlider that reports a new value when released (or on an arrow key), not while dragged:
+    each redraw takes a few hundred milliseconds, and a drag would queue dozens of them."""
+    widgets = _ipywidgets()
+    return widgets.IntSlider(value=value, min=lo, max=hi, step=step, description=description,
+                             continuous_update=False, layout=widgets.Layout(width="480px"))
+
+
+def _browser(slider, draw, summary):
+    """VBox(slider, caption, output) that redraws on every slider change; draw(value) -> (caption, figure).
+
+    The new PNG replaces the Output's content in one step (like clear_output(wait=True) then
+    display, without a flicker), so it works in JupyterLab, Voila and plain Python alike.
+    The box's plain-text form is summary: a saved notebook keeps that text, never the PNG
+    (which can show faces) that the default widget repr would spell out.
+    """
+    import html
+    widgets = _ipywidgets()
+
+    class WeightBrowser(widgets.VBox):
+        def __repr__(self):
+            return f"[{summary}: a slider; run the notebook in JupyterLab or Voila to use it]"
+
+    caption = widgets.HTML()
+    output = widgets.Output()
+
+    def show(value):
+        text, fig = draw(value)
+        caption.value = html.escape(text)
+        output.outputs = (_png_output(fig, text),)
+
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(slider.value)
+    return WeightBrowser([slider, caption, output])
+
+
+def _unit_view(model, X_faces, ages, top_k):
+    """Precompute what a unit's view shows; return draw(j, prefix="") -> figure and describe(j) -> text.
+
+    The view: the unit's weights W1[j] as an image, its top_k most exciting faces, and its mean
+    activation per age group (which ages switch it on).
+    """
+    X = as_face_rows(X_faces, "X_faces")
+    ages = as_ages(ages, len(X), "ages")
+    if not 1 <= top_k <= len(X):
+        raise ValueError(f"top_k must be between 1 and the number of faces ({len(X)}), got {top_k}.")
+    W1 = model.params["W1"]
+    H = hidden_activations(model, X)
+    top = np.argsort(-H, axis=0, kind="stable")[:top_k].T           # (hidden, top_k), most exciting first
+    group = np.searchsorted(AGE_GROUPS, ages, side="right") - 1      # age group of every face
+    mean_h = np.stack([H[group == g].mean(axis=0) if np.any(group == g) else np.zeros(len(W1))
+                       for g in range(len(AGE_GROUPS))], axis=1)       # (hidden, groups)
+    labels = [f"{a}-{b - 1}" for a, b in zip(AGE_GROUPS, AGE_GROUPS[1:])] + [f"{AGE_GROUPS[-1]}+"]
+    ncols = int(np.ceil(top_k / 2))
+    never_active = H.max(axis=0) <= 0
+
+    def direction(j):
+        w = model.params["W2"][0, j]
+        return "up" if w > 0 else "down" if w < 0 else "neither up nor down"
+
+    # One figure, built once; draw(j) only swaps in unit j's pictures, numbers and texts.
+    fig = _figure(10, 3.3)
+    outer = fig.add_gridspec(1, 3, width_ratios=[1.1, 0.62 * ncols, 1.9], wspace=0.18,
+                             left=0.01, right=0.99, top=0.74, bottom=0.2)
+    ax_w = fig.add_subplot(outer[0])
+    ax_w.axis("off")
+    weights = ax_w.imshow(np.zeros(IMAGE_SHAPE), cmap="RdBu_r")
+    faces = outer[1].subgridspec(2, ncols, hspace=0.3, wspace=0.05)
+    face_axes = [fig.add_subplot(faces[k // ncols, k % ncols]) for k in range(2 * ncols)]
+    for ax in face_axes:
+        ax.axis("off")
+    face_images = [ax.imshow(np.zeros(IMAGE_SHAPE), cmap="gray", vmin=0, vmax=1) for ax in face_axes[:top_k]]
+    box = outer[1].get_position(fig)
+    faces_heading = fig.text((box.x0 + box.x1) / 2, 0.84, "", ha="center", fontsize=9)
+    ax_h = fig.add_subplot(outer[2])
+    bars = ax_h.bar(range(len(labels)), np.zeros(len(labels)))
+    ax_h.set_xticks(range(len(labels)), labels, fontsize=7, rotation=45)
+    ax_h.tick_params(axis="y", labelsize=7)
+    ax_h.set_xlabel("age group (years)", fontsize=8)
+    ax_h.set_title("which ages switch it on", fontsize=9)
+    heading = fig.suptitle("", fontsize=11, x=0.01, y=0.99, ha="left", va="top")
+
+    def draw(j, prefix=""):
+        weights.set_data(W1[j].reshape(IMAGE_SHAPE))
+        weights.set_clim(*weight_limits(W1[j]))
+        ax_w.set_title(f"weights W1[{j}] as 48x48\n(red +, blue -)", fontsize=9)
+        for k, image in enumerate(face_images):
+            n = top[j, k]
+            image.set_data(X[n].reshape(IMAGE_SHAPE))
+            face_axes[k].set_title(f"{ages[n]:.0f} y", fontsize=8, pad=2)
+        faces_heading.set_text(f"the {top_k} faces with the largest h_{j}"
+                               + (" (none: h is 0 on every face)" if never_active[j] else ""))
+        colour = "tab:red" if model.params["W2"][0, j] > 0 else "tab:blue"
+        for bar, height in zip(bars, mean_h[j]):
+            bar.set_height(height)
+            bar.set_color(colour)
+        ax_h.set_ylim(0, 1.05 * max(float(mean_h[j].max()), 1e-6))
+        ax_h.set_ylabel(f"mean h_{j}", fontsize=8)
+        heading.set_text(f"{prefix}unit {j}: W2 = {model.params['W2'][0, j]:+.3f}, pushes the predicted age "
+                         f"{direction(j)}")
+        return fig
+
+    def describe(j):
+        faces = ("it is zero on every face (a dead ReLU)" if never_active[j] else
+                 f"its {top_k} most exciting faces are {ages[top[j]].mean():.0f} years old on average")
+        return (f"output weight W2 = {model.params['W2'][0, j]:+.3f}, pushes the predicted age "
+                f"{direction(j)}; {faces}")
+
+    return draw, describe
+
+
+def _unit_index(value, n_hidden, name="unit"):
+    if not 0 <= int(value) < n_hidden:
+        raise ValueError(f"{name} must be between 0 and {n_hidden - 1} (the network has {n_hidden} hidden units), got {value}.")
+    return int(value)
+
+
+def unit_browser(model, X_faces, ages, top_k=8, unit=0):
+    """A slider over hidden units: each unit's weight image, output weight W2[0, j] and most exciting faces.
+
+    X_faces, ages: the faces to search (e.g. the training faces) and their ages. Returns a VBox
+    (IntSlider "unit", HTML caption "unit j: ...", Output with the figure) to display.
+    """
+    n_hidden = len(model.params["W1"])
+    unit = _unit_index(unit, n_hidden)
+    draw, describe = _unit_view(model, X_faces, ages, top_k)
+    slider = _slider("unit", unit, 0, n_hidden - 1)
+
+    def view(j):
+        return f"unit {j}: {describe(j)}", draw(j)
+
+    return _browser(slider, view, f"unit browser over {n_hidden} hidden units")
+
+
+def rank_browser(model, X_faces, ages, top_k=8):
+    """Like unit_browser, but the slider runs over units sorted by output weight W2, largest first.
+
+    Rank 1 pushes the predicted age up the most, the last rank pushes it down the most, and the
+    ranks in the middle (W2 near 0) barely matter to the prediction.
+    """
+    W2 = model.params["W2"][0]
+    order = np.argsort(-W2, kind="stable")
+    draw, describe = _unit_view(model, X_faces, ages, top_k)
+    slider = _slider("rank", 1, 1, len(order))
+
+    def view(rank):
+        j = int(order[rank - 1])
+        return (f"rank {rank} of {len(order)} by output weight: unit {j}, {describe(j)}",
+                draw(j, prefix=f"rank {rank} of {len(order)}: "))
+
+    return _browser(slider, view, f"rank browser over {len(order)} hidden units sorted by output weight")
+
+
+def epoch_browser(history, units=(0, 1, 2, 3, 4, 5, 6, 7), ncols=4):
+    """A slider over the W1 snapshots of training: watch the chosen units' features form.
+
+    history: model.history from train(..., snapshot_every=k). Each unit keeps one colour scale
+    for all epochs (its largest |w| over the snapshots), so growing weights look stronger.
+    Returns a VBox (IntSlider "epoch" over the snapshot epochs, HTML caption "epoch e of E ...", Output).
+    """
+    if "W1_snapshots" not in history:
+        raise ValueError("history has no W1 snapshots: train with fh.train(..., snapshot_every=k) to record "
+                         "a copy of W1 every k epochs.")
+    epochs, snapshots = list(history["W1_epochs"]), history["W1_snapshots"]
+    n_hidden = len(snapshots[0])
+    units = [_unit_index(u, n_hidden) for u in np.atleast_1d(units)]
+    limits = {u: max(weight_limits(W[u])[1] for W in snapshots) for u in units}
+    val_rmse = dict(zip(history.get("epoch", []), history.get("val_rmse", [])))
+    ncols = min(ncols, len(units))
+    nrows = int(np.ceil(len(units) / ncols))
+    step = epochs[1] - epochs[0] if len(epochs) > 1 else 1
+    # One figure, built once; view(epoch) only swaps in that snapshot's weights.
+    fig = _figure(1.9 * ncols, 2.05 * nrows + 0.45)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / (2.05 * nrows + 0.45),
+                        wspace=0.06, hspace=0.22)
+    images = []
+    for k in range(nrows * ncols):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        ax.axis("off")
+        if k < len(units):
+            u = units[k]
+            images.append(ax.imshow(np.zeros(IMAGE_SHAPE), cmap="RdBu_r", vmin=-limits[u], vmax=limits[u]))
+            ax.set_title(f"unit {u}", fontsize=9, pad=2)
+    heading = fig.suptitle("", fontsize=9)
+
+    def view(epoch):
+        s = min(int(np.searchsorted(epochs, epoch)), len(epochs) - 1)  # the snapshot taken at this epoch
+        epoch = epochs[s]
+        if epoch == 0:
+            caption = f"epoch 0 of {epochs[-1]}: the random start, before any training"
+        else:
+            caption = f"epoch {epoch} of {epochs[-1]}" + (
+                f": validation RMSE {val_rmse[epoch]:.2f} years" if epoch in val_rmse else "")
+        for u, image in zip(units, images):
+            image.set_data(snapshots[s][u].reshape(IMAGE_SHAPE))
+        heading.set_text(f"W1 after epoch {epoch} (red +, blue -; one colour scale per unit)")
+        return caption, fig
+
+    slider = _slider("epoch", epochs[0], epochs[0], epochs[-1], step)
+    return _browser(slider, view, f"epoch browser over {len(epochs)} snapshots of W1")
 
 
 # =============================================================================
 # Exercise checks: run right after each exercise in the notebooks
 # =============================================================================
+# check_forward(forward) and its siblings run your function on small, seeded float64 inputs and
+# compare it with the reference implementation in this module. They print one line when it
+# agrees; otherwise they raise ExerciseCheckError saying what is wrong and how to fix it.
+# (__tracebackhide__ = True: IPython and pytest then show the message, not the checks' own code.)
+
+class ExerciseCheckError(AssertionError):
+    """An exercise check failed; the message names the likely mistake and how to fix it."""
+
+
+CHECK_TOL = 1e-6  # rel_error below which your array counts as equal to the reference
+_ref = sys.modules[__name__]  # this module: check_x(x) parameters shadow the reference x
+
+
+def _run(name, fn, *args, hint=""):
+    """Call your function; an unfilled stub or a crash becomes a friendly ExerciseCheckError."""
+    if not callable(fn):
+        raise ExerciseCheckError(f"pass your function itself, as in fh.check_{name}({name}), "
+                                 f"not a {type(fn).__name__}.")
+    try:
+        return fn(*args)
+    except NotImplementedError as e:
+        tip = f" Hint: {e}" if str(e) else ""
+        raise ExerciseCheckError(f"{name} is not implemented yet: fill in the cell above (replace "
+                                 f"`raise NotImplementedError` with your code), run it, then run this "
+                                 f"check again.{tip}") from None
+    except Exception as e:
+        raise ExerciseCheckError(f"{name} raised {type(e).__name__}: {e} (the traceback above shows "
+                                 f"where). {hint}".rstrip()) from e
+
+
+def _copy(params):
+    return {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+
+
+def _close(a, b, tol=CHECK_TOL):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and rel_error(a, b) < tol
+
+
+def _mismatch(what, got, expected, hint, mistakes=(), shapes=None, factors=None, tol=CHECK_TOL):
+    """None when got equals expected; otherwise a message, naming the mistake when it is a known one.
+
+    mistakes: (wrong answer, explanation) pairs; shapes: {wrong shape: explanation};
+    factors: {c: explanation} for answers that are c times the right one.
+    """
+    if got is None:
+        return f"{what} is None: is a `return` missing?"
+    try:
+        got = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"{what} should be a NumPy array of numbers, not a {type(got).__name__}."
+    if not np.isfinite(got).all():
+        return f"{what} contains NaN or inf: {hint}"
+    if got.shape != expected.shape:
+        return f"{what} has shape {got.shape}, expected {expected.shape}: {(shapes or {}).get(got.shape, hint)}"
+    if _close(got, expected, tol):
+        return None
+    for wrong, explanation in mistakes:
+        if _close(got, wrong, tol):
+            return f"{what} is wrong: {explanation}"
+    c = float(np.vdot(got, expected) / max(np.vdot(expected, expected), 1e-300))
+    if _close(got, c * expected, tol):  # right direction, wrong scale (or sign)
+        for factor, explanation in (factors or {}).items():
+            if abs(c - factor) < 1e-6 * max(1.0, abs(factor)):
+                return f"{what} is {explanation}"
+        if got.size > 1:  # any single number is some multiple of another: only a pattern says something
+            return f"{what} is {c:.3g} times the right values (right pattern, wrong scale): {hint}"
+    if got.size == 1:
+        return f"{what} is {got.item():.6g}, expected {expected.item():.6g}: {hint}"
+    return (f"{what} is wrong (relative error {rel_error(got, expected):.1e} against the reference, "
+            f"should be < {tol:.0e}): {hint}")
+
+
+def _fail_if(name, *problems):
+    """Raise one ExerciseCheckError listing the problems found (None means fine)."""
+    problems = [p for p in problems if p]
+    if problems:
+        raise ExerciseCheckError(f"{name}: " + "\n".join(problems))
+
+
+def _join(names):
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _grouped(problems):
+    """{name: problem starting with name, or None} -> one line per distinct explanation, naming all its names."""
+    names_by_text = {}
+    for name, problem in problems.items():
+        if problem:
+            names_by_text.setdefault(problem[len(name):], []).append(name)
+    lines = []
+    for text, names in names_by_text.items():
+        if len(names) > 1:  # "dW1 is wrong: ..." becomes "dW1 and db1 are wrong: ..."
+            text = " are " + text[4:] if text.startswith(" is ") else text
+        lines.append(_join(names) + text)
+    return lines
+
+
+def _net_problem(n=5, n_hidden=4, seed=0):
+    """A small float64 network at the real face size, a batch X and targets y; z takes both signs."""
+    rng = np.random.default_rng(seed)  # fixed seed: the same check, with the same verdict, every run
+    params = {"W1": rng.standard_normal((n_hidden, N_PIXELS)) / np.sqrt(N_PIXELS),
+              "b1": 0.5 * rng.standard_normal(n_hidden),
+              "W2": rng.standard_normal((1, n_hidden)), "b2": rng.standard_normal(1)}
+    return params, rng.standard_normal((n, N_PIXELS)), rng.standard_normal(n)
+
+
+def check_forward(forward):
+    """Check your forward(params, X) -> (y_hat, (X, Z, H)) against the reference on 5 faces."""
+    __tracebackhide__ = True
+    params, X, _ = _net_problem()
+    W1, b1, W2, b2 = params["W1"], params["b1"], params["W2"], params["b2"]
+    y_ref, (_, Z_ref, H_ref) = _ref.forward(params, X)
+    N, hidden = Z_ref.shape
+    out = _run("forward", forward, _copy(params), X.copy())
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (tuple, list)) and len(out[1]) == 3):
+        raise ExerciseCheckError("forward: it must return (y_hat, cache) with cache = (X, Z, H), the "
+                                 "values backward needs: end with `return y_hat, (X, Z, H)`.")
+    y_hat, (X_out, Z, H) = out
+    _fail_if("forward", _mismatch("the X in the cache", X_out, X, "the cache is (X, Z, H), in that order."))
+    _fail_if("forward", _mismatch(
+        "Z", Z, Z_ref, "Z = X @ W1.T + b1 (one row per face, one column per hidden unit).",
+        mistakes=[(X @ W1.T, "b1 is missing: Z = X @ W1.T + b1."),
+                  (X @ W1.T - b1, "b1 is subtracted: Z = X @ W1.T + b1.")],
+        shapes={(hidden, N): "it looks transposed (hidden units in rows): X @ W1.T + b1 puts faces in rows."}))
+    _fail_if("forward", _mismatch(
+        "H", H, H_ref, "H = relu(Z) = np.maximum(Z, 0).",
+        mistakes=[(Z_ref, "it equals Z: the ReLU is missing: H = np.maximum(Z, 0)."),
+                  (Z_ref > 0, "it is the mask Z > 0; the ReLU keeps the values: H = np.maximum(Z, 0)."),
+                  (np.minimum(Z_ref, 0), "it keeps the negative values; ReLU keeps the positive ones: "
+                                         "H = np.maximum(Z, 0).")]))
+    _fail_if("forward", _mismatch(
+        "y_hat", y_hat, y_ref, "y_hat = H @ W2[0] + b2[0] (one age per face).",
+        mistakes=[(y_ref - b2[0], "b2 is missing: y_hat = H @ W2[0] + b2[0]."),
+                  (Z_ref @ W2[0] + b2[0], "it uses Z; the output layer reads H, after the ReLU: "
+                                          "y_hat = H @ W2[0] + b2[0].")],
+        shapes={(N, 1): "H @ W2.T is (N, 1); one number per face is H @ W2[0] + b2[0] (or .ravel()).",
+                (1, N): "W2 @ H.T is (1, N); one number per face is H @ W2[0] + b2[0]."}))
+    print("forward: all checks passed.")
+
+
+def check_backward(backward):
+    """Check each gradient of your backward(params, cache, dy_hat) against the reference's."""
+    __tracebackhide__ = True
+    params, X, y = _net_problem()
+    y_hat, cache = _ref.forward(params, X)
+    _, dy_hat = mse_loss(y_hat, y)
+    ref = _ref.backward(params, cache, dy_hat)
+    grads = _run("backward", backward, _copy(params), tuple(a.copy() for a in cache), dy_hat.copy())
+    if not isinstance(grads, dict):
+        raise ExerciseCheckError(f"backward: it must return a dict of gradients named like the parameters, "
+                                 f"{{'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}}, not a {type(grads).__name__}.")
+    missing = [k for k in ref if k not in grads]
+    if missing:
+        raise ExerciseCheckError(f"backward: no gradient for {', '.join(missing)} (the dict has keys "
+                                 f"{', '.join(map(repr, grads)) or 'none'}). Name each gradient like its "
+                                 f"parameter: {{'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}}.")
+    _, Z, H = cache
+    N, hidden = Z.shape
+    dH = dy_hat[:, None] * params["W2"]
+    scale = {-1: "minus the right values: a sign error. backward returns the gradient itself; "
+                 "the minus of gradient descent belongs in sgd_step.",
+             1 / N: f"{N} times too small (N = {N} faces): dy_hat already holds the 1/N of the mean "
+                    f"(it is 2 (y^ - y) / N), so don't divide by N again, and sum (not average) over the batch.",
+             N: f"{N} times too large (N = {N} faces): dy_hat already holds the 1/N of the mean; "
+                f"don't multiply by N.",
+             2: "2 times too large: dy_hat already holds the 2 of d(u^2)/du = 2u.",
+             0.5: "half the right values: don't divide by 2; dy_hat = 2 (y^ - y) / N is the whole loss gradient."}
+    no_mask = "the ReLU mask is missing: gradient flows back only where z > 0, so dZ = dH * (Z > 0)"
+    problems = {
+        "dW2": _mismatch(
+            "dW2", grads["W2"], ref["W2"], "dW2 = dy_hat[None, :] @ H, shape (1, hidden) like W2.",
+            mistakes=[(dy_hat[None, :] @ Z, "it uses Z; this layer's input is H = relu(Z): dW2 = dy_hat[None, :] @ H.")],
+            shapes={(hidden,): "a gradient has its parameter's shape: dW2 = dy_hat[None, :] @ H is (1, hidden).",
+                    (hidden, 1): "it looks transposed: dW2 = dy_hat[None, :] @ H has W2's shape (1, hidden).",
+                    (N, hidden): "it is not summed over the batch: dy_hat[None, :] @ H adds up the faces' terms."},
+            factors=scale),
+        "db2": _mismatch(
+            "db2", grads["b2"], ref["b2"], "db2 = dy_hat.sum(keepdims=True), shape (1,) like b2.",
+            shapes={(): "a gradient has its parameter's shape: db2 = dy_hat.sum(keepdims=True) is (1,).",
+                    (N,): "it is not summed over the batch: db2 = dy_hat.sum(keepdims=True)."},
+            factors=scale),
+        "dW1": _mismatch(
+            "dW1", grads["W1"], ref["W1"], "dW1 = dZ.T @ X with dZ = dH * (Z > 0) and dH = dy_hat[:, None] * W2.",
+            mistakes=[(dH.T @ X, no_mask + "; then dW1 = dZ.T @ X."),
+                      ((dH * H).T @ X, "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0).")],
+            shapes={(N_PIXELS, hidden): "it looks transposed: dW1 = dZ.T @ X has W1's shape (hidden, 2304)."},
+            factors=scale),
+        "db1": _mismatch(
+            "db1", grads["b1"], ref["b1"], "db1 = dZ.sum(axis=0): one entry per hidden unit, summed over the faces.",
+            mistakes=[(dH.sum(axis=0), no_mask + "; then db1 = dZ.sum(axis=0)."),
+                      ((dH * H).sum(axis=0), "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0).")],
+            shapes={(N, hidden): "it is not summed over the batch: db1 = dZ.sum(axis=0).",
+                    (N,): "it is summed over the wrong axis: sum over the faces, dZ.sum(axis=0).",
+                    (1, hidden): "keep b1's shape (hidden,): dZ.sum(axis=0), without keepdims."},
+            factors=scale)}
+    wrong = [name for name, p in problems.items() if p]
+    if wrong:
+        right = [name for name in problems if name not in wrong]
+        head = f"{_join(wrong)} {'is' if len(wrong) == 1 else 'are'} wrong"
+        if right:
+            head += f" ({_join(right)} {'is' if len(right) == 1 else 'are'} right)"
+        raise ExerciseCheckError(f"backward: {head}:\n" + "\n".join(f"  - {line}" for line in _grouped(problems)))
+    print("backward: all checks passed.")
+
+
+def check_numerical_gradient(numerical_gradient):
+    """Check your centered differences against the reference on f(x) = sum(c x^2 / 2 + b x)."""
+    __tracebackhide__ = True
+    rng = np.random.default_rng(0)  # fixed seed: the same check every run
+    x = rng.standard_normal((3, 4))
+    c, b = rng.uniform(5, 10, size=x.shape), rng.standard_normal(x.shape)
+
+    def f():  # its gradient is c x + b; centered differences are exact for a quadratic
+        return float(np.sum(0.5 * c * x ** 2 + b * x))
+
+    indices, h = np.array([7, 2, 10, 5]), 1e-5  # flat positions in x, as gradient_check passes them
+    x0 = x.copy()
+    expected = _ref.numerical_gradient(f, x, indices, h)
+    got = _run("numerical_gradient", numerical_gradient, f, x, indices, h,
+               hint="indices are flat positions in x, whatever its shape: perturb x.reshape(-1)[i], a view of x.")
+    if not np.allclose(x, x0, rtol=0, atol=1e-12):
+        raise ExerciseCheckError("numerical_gradient: x was not restored: after evaluating f at x + h and "
+                                 "x - h, put the old value back, or every later evaluation sees a shifted x.")
+    if got is not None and np.issubdtype(np.asarray(got).dtype, np.integer):
+        raise ExerciseCheckError("numerical_gradient: it returns integers, so the decimals were cut off: "
+                                 "create the result as floats, np.zeros(len(indices)) (np.zeros_like(indices) "
+                                 "copies the integer type of indices).")
+    slope = (c * x + b).reshape(-1)
+    half_step = c.reshape(-1)[indices] * h / 2  # the O(h) error of a one-sided difference on this f
+    _fail_if("numerical_gradient", _mismatch(
+        "the result", got, expected, "for each i in indices: (f() at x[i] + h  -  f() at x[i] - h) / (2 h).",
+        mistakes=[(slope[indices] + half_step, "it is the one-sided difference (f(x + h) - f(x)) / h; the "
+                                               "centered (f(x + h) - f(x - h)) / (2 h) is far more accurate "
+                                               "(error ~h^2 instead of ~h)."),
+                  (slope[indices] - half_step, "it is the one-sided difference (f(x) - f(x - h)) / h; use the "
+                                               "centered (f(x + h) - f(x - h)) / (2 h)."),
+                  (slope[:len(indices)], "these are the slopes at entries 0, 1, 2, 3 of x, not at the given "
+                                         "indices: perturb entry indices[k] for the k-th result.")],
+        shapes={x.shape: "return one number per index, in the order of indices: np.zeros(len(indices)).",
+                (x.size,): "return one number per index, in the order of indices: np.zeros(len(indices))."},
+        factors={2: "twice the right values: the two points x - h and x + h are 2h apart, so divide by 2h.",
+                 -1: "minus the right values: compute f(x + h) - f(x - h) (the + side first), then divide by 2h.",
+                 0: "all zeros: f() never saw your change. Change x itself, in place: x.reshape(-1) is a view "
+                    "of x, but x.flatten() and x.copy() are copies."},
+        tol=1e-8))
+    print("numerical_gradient: all checks passed.")
+
+
+def check_sgd_step(sgd_step):
+    """Check that your sgd_step(params, grads, lr) moves every parameter by -lr * gradient, in place."""
+    __tracebackhide__ = True
+    rng = np.random.default_rng(0)  # fixed seed: the same check every run
+    shapes = {"W1": (3, 4), "b1": (3,), "W2": (1, 3), "b2": (1,)}
+    params = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    grads = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    lr = 0.1
+    before, arrays = _copy(params), dict(params)  # arrays: the original array objects
+    result = _run("sgd_step", sgd_step, params, {k: g.copy() for k, g in grads.items()}, lr)
+    rebound = [k for k in shapes if params.get(k) is not arrays[k]]
+    unchanged = [k for k in shapes if np.array_equal(arrays[k], before[k])]
+    if rebound:
+        raise ExerciseCheckError(
+            f"sgd_step: it puts new arrays into params ({', '.join(rebound)}) instead of changing the arrays "
+            f"already there, which other code (your training loop, the model) still holds. Update in place: "
+            f"params[name] -= lr * grads[name].")
+    if len(unchanged) == len(shapes):
+        if isinstance(result, dict):
+            raise ExerciseCheckError("sgd_step: it returns new arrays but leaves params unchanged; update "
+                                     "params in place, params[name] -= lr * grads[name] (no return needed).")
+        raise ExerciseCheckError("sgd_step: params did not change. In a loop, `p = p - lr * g` only gives the "
+                                 "name p a new array; `p -= lr * g` (or params[name] -= lr * grads[name]) "
+                                 "changes the array itself.")
+    if unchanged:
+        raise ExerciseCheckError(f"sgd_step: {', '.join(unchanged)} did not change: update every parameter "
+                                 f"(loop over params).")
+    _fail_if("sgd_step", *_grouped({k: _mismatch(
+        k, arrays[k], before[k] - lr * grads[k], "p -= lr * g: a step of size lr against the gradient.",
+        mistakes=[(before[k] + lr * grads[k], "it moves along the gradient (uphill, the loss grows): "
+                                              "subtract it, p -= lr * g."),
+                  (before[k] - grads[k], "the step ignores the learning rate: p -= lr * g.")])
+        for k in shapes}))
+    print("sgd_step: all checks passed.")
+
+
+class _FixedOrder:
+    """Stands in for a random generator in the reference train_epoch: 'shuffles' into a given order."""
+
+    def __init__(self, order):
+        self.order = np.asarray(order)
+
+    def permutation(self, n):
+        return self.order.copy()
+
+
+def _one_hot_problem(n, n_hidden=3, seed=0):
+    """n samples where sample i is pixel i (X = I): only a step on sample i moves column i of W1."""
+    rng = np.random.default_rng(seed)
+    params = {"W1": 0.1 * rng.standard_normal((n_hidden, n)),
+              "b1": np.ones(n_hidden),  # z > 0 for every sample: every visit moves its column of W1
+              "W2": rng.standard_normal((1, n_hidden)), "b2": np.zeros(1)}
+    return params, np.eye(n), rng.standard_normal(n)
+
+
+def _replay(params, X, y, lr, batch_size, seed):
+    """The reference epoch for the usual ways to shuffle with default_rng(seed), and with no shuffle."""
+    n = len(X)
+    orders = {"rng.permutation": np.random.default_rng(seed).permutation(n),
+              "rng.choice": np.random.default_rng(seed).choice(n, n, replace=False),
+              "no shuffle": np.arange(n)}
+    replays = {}
+    for how, order in orders.items():
+        p = _copy(params)
+        loss = _ref.train_epoch(p, X, y, lr, batch_size, _FixedOrder(order))
+        replays[how] = (order, p, loss)
+    return replays
+
+
+def check_train_epoch(train_epoch):
+    """Check one epoch of your train_epoch(params, X, y, lr, batch_size, rng) against the reference.
+
+    The inputs are one-hot (sample i is pixel i), so the columns of W1 that moved tell which
+    samples the epoch visited; the parameters at the end are compared with reference epochs.
+    """
+    __tracebackhide__ = True
+    name, n, batch_size, lr, seed = "train_epoch", 11, 4, 1e-3, 0  # batches of 4, 4 and 3; small steps
+    start, X, y = _one_hot_problem(n)
+    params, rng = _copy(start), np.random.default_rng(seed)
+    rng_state = rng.bit_generator.state
+    _run(name, train_epoch, params, X, y, lr, batch_size, rng)
+    frozen = [k for k in start if np.array_equal(params[k], start[k])]
+    if frozen:
+        raise ExerciseCheckError(f"{name}: {', '.join(frozen)} did not change during the epoch: after "
+                                 f"backward, call sgd_step(params, grads, lr) for each batch.")
+    replays = _replay(start, X, y, lr, batch_size, seed)
+    visited = np.any(params["W1"] != start["W1"], axis=0)
+    if not visited.all():
+        missed, r = set(np.flatnonzero(~visited).tolist()), n % batch_size
+        if any(missed == set(order[-r:].tolist()) for order, _, _ in replays.values()):
+            raise ExerciseCheckError(
+                f"{name}: the last, partial batch is dropped: with N = {n} and batch_size = {batch_size} the "
+                f"batches have 4, 4 and {r} samples, and the last {r} samples were never used. Loop over "
+                f"start in range(0, N, batch_size); the slice order[start:start + batch_size] is shorter at the end.")
+        if visited.sum() == batch_size:
+            raise ExerciseCheckError(
+                f"{name}: every step used the same batch: only {batch_size} of {n} samples were visited. "
+                f"Take batch = order[start:start + batch_size] for start = 0, batch_size, 2 * batch_size, ...")
+        raise ExerciseCheckError(
+            f"{name}: {len(missed)} of {n} samples were never used: one epoch visits every sample exactly "
+            f"once. Shuffle once per epoch, order = rng.permutation(N), then walk through it in slices of "
+            f"batch_size (random draws per batch repeat some samples and miss others).")
+    match = next((how for how, (_, p, _) in replays.items()
+                  if all(_close(params[k], p[k], 1e-9) for k in p)), None)
+    if match == "no shuffle":
+        raise ExerciseCheckError(
+            f"{name}: the samples are not shuffled: every epoch would see them in the same order. "
+            f"Shuffle with the rng you are given: order = rng.permutation(N); batch = order[start:start + batch_size].")
+    if match is None:
+        if rng.bit_generator.state == rng_state:
+            raise ExerciseCheckError(
+                f"{name}: it does not use the rng argument, so the caller's seed does not control the "
+                f"shuffle. Shuffle with it: order = rng.permutation(N) (not np.random, not a new generator).")
+        moved = sum(np.sum((params[k] - start[k]) ** 2) for k in start) ** 0.5
+        ref = replays["rng.permutation"][1]
+        ratio = moved / sum(np.sum((ref[k] - start[k]) ** 2) for k in start) ** 0.5
+        if ratio > 1.5:
+            raise ExerciseCheckError(
+                f"{name}: the parameters moved {ratio:.1f} times as far as in one reference epoch: one epoch "
+                f"visits each sample once, with one sgd_step per batch.")
+        raise ExerciseCheckError(
+            f"{name}: after one epoch the parameters differ from a reference epoch with the same rng. Check "
+            f"that X and y are indexed with the same batch indices, that each batch goes through forward, "
+            f"mse_loss, backward and one sgd_step with lr, and shuffle with order = rng.permutation(N) so "
+            f"this check can replay your epoch.")
+    _check_epoch_loss(train_epoch, match)
+    print("train_epoch: all checks passed.")
+
+
+def _check_epoch_loss(train_epoch, how, n=12, batch_size=4, lr=1e-3, seed=1):
+    """The returned loss: the mean over the epoch's batches (3 full batches, so any weighting agrees)."""
+    __tracebackhide__ = True
+    start, X, y = _one_hot_problem(n, seed=seed)
+    loss = _run("train_epoch", train_epoch, _copy(start), X, y, lr, batch_size, np.random.default_rng(seed))
+    expected = _replay(start, X, y, lr, batch_size, seed)[how][2]
+    n_batches = n // batch_size
+    _fail_if("train_epoch", _mismatch(
+        "the returned loss", loss, np.asarray(expected),
+        f"return the mean of the {n_batches} batch losses, computed after the loop (not the last batch's loss).",
+        factors={n_batches: f"the sum of the {n_batches} batch losses: divide by the number of batches to "
+                            f"return their mean."},
+        tol=1e-9))
+
+
+def check_weight_image(weight_image):
+    """Check that your weight_image(W1, j) returns row j of W1 as a 48x48 image."""
+    __tracebackhide__ = True
+    n_hidden = 5
+    W1 = np.random.default_rng(0).standard_normal((n_hidden, N_PIXELS))  # fixed seed: same check every run
+    W1_before = W1.copy()
+    for j in (3, 0):
+        image = _run("weight_image", weight_image, W1, j,
+                     hint=f"W1 has one row per hidden unit: W1[j] holds the 2304 weights of unit j, one per "
+                          f"pixel (a column W1[:, j] has only {n_hidden} numbers, one per unit).")
+        if not np.array_equal(W1, W1_before):
+            raise ExerciseCheckError("weight_image: it changed W1; it should only read it (reshape, "
+                                     "don't modify in place).")
+        expected = W1_before[j].reshape(IMAGE_SHAPE)
+        _fail_if("weight_image", _mismatch(
+            f"the image of unit {j}", image, expected, "return W1[j].reshape(48, 48), the raw weights.",
+            mistakes=[(expected.T, "it is transposed: W1[j].reshape(48, 48) in NumPy's default (row-major) "
+                                   "order puts pixels 0-47 in the top row; drop the .T or order='F'."),
+                      (W1[(j + 1) % n_hidden].reshape(IMAGE_SHAPE), f"it is row {(j + 1) % n_hidden} of W1; "
+                                                                   f"unit j is row W1[j] (counting from 0)."),
+                      (W1[j - 1].reshape(IMAGE_SHAPE), f"it is row {j - 1 if j else n_hidden - 1} of W1; "
+                                                       f"unit j is row W1[j].")],
+            shapes={(N_PIXELS,): "reshape the row into an image: W1[j].reshape(48, 48).",
+                    (1, N_PIXELS): "reshape the row into an image: W1[j].reshape(48, 48)."},
+            factors={-1: "minus the weights: return them as they are, W1[j].reshape(48, 48)."}))
+    print("weight_image: all checks passed.")
 
 
 # =============================================================================

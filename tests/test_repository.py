@@ -47,6 +47,8 @@ def test_notebook_is_committed_executed_in_order_without_images(path):
               if k.startswith("image/")]
     assert not images, f"{len(images)} image outputs committed: run `make strip` (faces must never be committed)"
     assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+    raw = path.read_text(encoding="utf-8")
+    assert "iVBORw0KGgo" not in raw and "/9j/" not in raw, "a PNG or JPEG is embedded (widget state?): run `make strip`"
 
 
 def test_ci_runs_the_readme_test_command():

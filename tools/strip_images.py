@@ -11,9 +11,16 @@ IMAGE_PREFIXES = ("image/", "application/pdf")
 
 
 def strip_notebook(nb: dict) -> int:
-    """Drop image entries from every output of every code cell; return how many were dropped."""
+    """Drop image entries from every output of every code cell; return how many were dropped.
+
+    Also drops the widget state nbconvert can save in the notebook's metadata (it holds the
+    browsers' PNGs, faces included) and the execution timestamps in cell metadata (diff churn).
+    """
     dropped = 0
+    if nb.get("metadata", {}).pop("widgets", None) is not None:
+        dropped += 1
     for cell in nb.get("cells", []):
+        cell.get("metadata", {}).pop("execution", None)
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             for key in [k for k in data if k.startswith(IMAGE_PREFIXES)]:
@@ -32,7 +39,7 @@ def main(paths):
         with open(path, "w", encoding="utf-8") as f:
             json.dump(nb, f, indent=1, ensure_ascii=False)
             f.write("\n")
-        print(f"{path}: {dropped} image output(s) stripped")
+        print(f"{path}: {dropped} image output(s) or widget state(s) stripped")
 
 
 if __name__ == "__main__":

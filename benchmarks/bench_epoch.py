@@ -1,0 +1,357 @@
+"""Time FaceAge's NumPy training epoch against PyTorch and against the matrix-product floor.
+
+For each batch size and hidden size, one run times side by side, interleaved
+(numpy32, torch32, floor32, numpy64, floor64, numpy32, torch32, ...):
+
+  numpy    fh.train_epoch: one epoch of minibatch SGD, float32 and float64
+  torch    the same network and loop in PyTorch on the CPU: nn.Linear, ReLU, MSE loss,
+           autograd and torch.optim.SGD, the same initial weights, the same shuffle
+  floor    per minibatch only the two big products the network needs, on the same shapes:
+           X_b @ W1.T (forward) and dZ.T @ X_b (dW1), into preallocated outputs; nothing else
+
+It reports medians, the median of the paired ratios (repeat r of numpy over repeat r of torch),
+GFLOP/s counted as the 4 N D H flops of those two products, and the fraction of this machine's
+matmul peak: a large square sgemm/dgemm timed in the same run. The data are synthetic (no data.zip
+needed): N random uint8 faces, converted once to standardised float32 (and float64).
+
+Run: make bench   or   .venv/bin/python benchmarks/bench_epoch.py --help
+Timings depend on the machine and on what else runs on it; they are never pass/fail tests.
+"""
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=10_000, help="number of synthetic faces (default 10000)")
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 128, 512], help="batch sizes")
+    p.add_argument("--hidden", type=int, nargs="+", default=[30, 100, 300], help="hidden sizes")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS and torch threads (default: what NumPy's BLAS uses, usually one per core)")
+    p.add_argument("--budget", type=float, default=20.0,
+                   help="seconds of repeats per configuration; sets the repeat count (default 20)")
+    p.add_argument("--repeats", type=int, default=None, help="fixed repeat count (overrides --budget)")
+    p.add_argument("--pause", type=float, default=0.15,
+                   help="seconds idle before each timed epoch, so BLAS/OpenMP threads still spinning "
+                        "from the previous one do not steal a core (default 0.15)")
+    p.add_argument("--quick", action="store_true", help="batch 128, hidden 100, 3 repeats: a smoke test")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.hidden, args.repeats = [128], [100], 3
+    return args
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.threads:  # before NumPy loads its BLAS
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import gc  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faceage_helpers as fh  # noqa: E402
+
+LR = 0.005  # fh.train's default; synthetic data stay far from diverging at this rate
+
+
+# ----------------------------------------------------------------------------- environment
+
+def numpy_blas():
+    """(description, threads) of the BLAS NumPy calls for matmul."""
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib["user_api"] == "blas" and "numpy" in lib["filepath"]:
+                desc = (f"{lib['internal_api']} {lib['version']} ({lib.get('architecture') or '?'} kernels, "
+                        f"{lib.get('threading_layer') or '?'} threads) via threadpoolctl")
+                return desc, int(lib["num_threads"])
+    except ImportError:
+        pass
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+    return f"{blas['name']} {blas['version']} via numpy.show_config (threads assumed)", threads
+
+
+def torch_blas(torch):
+    config = torch.__config__.show()
+    mkl = [ln.strip(" -") for ln in config.splitlines() if "Math Kernel Library" in ln]
+    blas = [part.split("=")[1] for part in config.replace(",", " ").split() if part.startswith("BLAS_INFO=")]
+    backend = [ln.split(":")[1].strip() for ln in torch.__config__.parallel_info().splitlines()
+               if "parallel backend" in ln]
+    return f"{(mkl or blas or ['unknown'])[0]}; ATen parallel backend {(backend or ['?'])[0]}"
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------- timing
+
+def timed(fn, pause):
+    """Wall time of fn(), after an idle pause, with the garbage collector off (as timeit does)."""
+    time.sleep(pause)
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+    finally:
+        gc.enable()
+
+
+def matmul_peak(dtype, n=2048, repeats=5):
+    """Best GFLOP/s of an n x n x n matrix product: this machine's practical matmul peak."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
+    np.matmul(a, b, out=c)  # warm up: threads started, pages touched
+    best = min(timed(lambda: np.matmul(a, b, out=c), 0.05)[0] for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+# ----------------------------------------------------------------------------- the three loops
+
+def synthetic_data(n, seed=0):
+    """n random uint8 'faces' converted ONCE to standardised float32, and float64 for the f64 runs."""
+    rng = np.random.default_rng(seed)
+    faces = rng.integers(0, 256, size=(n, fh.N_PIXELS), dtype=np.uint8)
+    ages = 20 + 40 * faces[:, :200].mean(axis=1) / 255 + rng.normal(0, 5, n)  # some signal to fit
+    X = faces.astype(np.float32)
+    X -= X.mean(axis=0)
+    X /= X.std(axis=0)
+    y = ((ages - ages.mean()) / ages.std()).astype(np.float32)
+    return X, y
+
+
+def numpy_epoch(params0, X, y, batch_size):
+    """fh.train_epoch from a fresh copy of the start; returns the parameters after the epoch."""
+    params = {k: v.copy() for k, v in params0.items()}
+    rng = np.random.default_rng(1)
+
+    def run():
+        fh.train_epoch(params, X, y, LR, batch_size, rng)
+        return params
+    return run
+
+
+def floor_epoch(params0, X, batch_size):
+    """Only X_b @ W1.T and dZ.T @ X_b per minibatch, on contiguous slices, into reused outputs."""
+    W1 = params0["W1"]
+    hidden, n = len(W1), len(X)
+    dZ = np.random.default_rng(2).standard_normal((batch_size, hidden)).astype(X.dtype)
+    Z, dW1 = np.empty((batch_size, hidden), X.dtype), np.empty_like(W1)
+
+    def run():
+        for start in range(0, n, batch_size):
+            X_b = X[start:start + batch_size]
+            m = len(X_b)
+            np.matmul(X_b, W1.T, out=Z[:m])
+            np.matmul(dZ[:m].T, X_b, out=dW1)
+    return run
+
+
+def torch_epoch(torch, params0, X_t, y_t, batch_size):
+    """The same network and loop with autograd and torch.optim.SGD (same init, same shuffle)."""
+    n_hidden, n_in = params0["W1"].shape
+    net = torch.nn.Sequential(torch.nn.Linear(n_in, n_hidden), torch.nn.ReLU(), torch.nn.Linear(n_hidden, 1))
+    with torch.no_grad():
+        for layer, w, b in ((net[0], "W1", "b1"), (net[2], "W2", "b2")):
+            layer.weight.copy_(torch.from_numpy(params0[w]))
+            layer.bias.copy_(torch.from_numpy(params0[b]))
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    rng = np.random.default_rng(1)
+    n = len(X_t)
+
+    def run():
+        order = torch.from_numpy(rng.permutation(n))
+        total = 0.0
+        for start in range(0, n, batch_size):
+            batch = order[start:start + batch_size]
+            loss = torch.nn.functional.mse_loss(net(X_t[batch])[:, 0], y_t[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            value = loss.item()  # per batch, as fh.train_epoch checks each batch loss for divergence
+            if not np.isfinite(value):
+                raise FloatingPointError("torch training diverged")
+            total += value * len(batch)
+        params = {"W1": net[0].weight, "b1": net[0].bias, "W2": net[2].weight, "b2": net[2].bias}
+        return {k: v.detach().numpy() for k, v in params.items()}
+    return run
+
+
+def max_rel_diff(p, q):
+    return max(float(np.max(np.abs(p[k] - q[k])) / max(1e-12, np.max(np.abs(q[k])))) for k in p)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(args):
+    try:
+        import torch
+    except ImportError:
+        sys.exit("PyTorch is missing: `make bench` installs it (pip install torch==2.13.0). "
+                 "Only this benchmark needs it.")
+    blas_desc, threads = numpy_blas()
+    if args.threads:
+        threads = args.threads
+    torch.set_num_threads(threads)  # the same thread count as NumPy's BLAS
+    load0 = load_average()
+
+    print("FaceAge epoch benchmark: NumPy (fh.train_epoch) vs PyTorch CPU vs the matmul floor")
+    print(f"CPU        {cpu_name()}, {os.cpu_count()} logical cores; load average {load0:.2f} at start")
+    print(f"Python     {platform.python_version()}; NumPy {np.__version__}; PyTorch {torch.__version__}")
+    print(f"NumPy BLAS {blas_desc}; {threads} threads")
+    print(f"Torch BLAS {torch_blas(torch)}; {torch.get_num_threads()} threads")
+    peak32, peak64 = matmul_peak(np.float32), matmul_peak(np.float64)
+    print(f"Peak       sgemm {peak32:.0f} GFLOP/s, dgemm {peak64:.0f} GFLOP/s "
+          f"(NumPy's BLAS, best of 5 square 2048 x 2048 products)")
+
+    X32, y32 = synthetic_data(args.n)
+    X64, y64 = X32.astype(np.float64), y32.astype(np.float64)
+    X_t, y_t = torch.from_numpy(X32), torch.from_numpy(y32)  # shares memory with X32: no copy
+    n_in = X32.shape[1]
+    print(f"Data       N = {args.n} synthetic faces x {n_in} pixels, standardised once; lr {LR}; "
+          f"an epoch is ceil(N / batch) SGD steps")
+    print("Repeats    interleaved " + (f"x {args.repeats}" if args.repeats else
+                                       f"for about {args.budget:g} s per configuration (3 to 11)") + "\n")
+
+    rows, t_start = [], time.perf_counter()
+    print_table(F32_COLUMNS, None)
+    for batch_size in args.batch:
+        for hidden in args.hidden:
+            p32 = fh.init_params(hidden, n_in=n_in, seed=0, dtype=np.float32)
+            p64 = {k: v.astype(np.float64) for k, v in p32.items()}
+            # each entry prepares a fresh epoch (a copy of the start, a new optimizer) outside the timing
+            runs = {"numpy32": lambda: numpy_epoch(p32, X32, y32, batch_size),
+                    "torch32": lambda: torch_epoch(torch, p32, X_t, y_t, batch_size),
+                    "floor32": lambda: floor_epoch(p32, X32, batch_size),
+                    "numpy64": lambda: numpy_epoch(p64, X64, y64, batch_size),
+                    "floor64": lambda: floor_epoch(p64, X64, batch_size)}
+            times, outs = {k: [] for k in runs}, {}
+            repeats, r = args.repeats, 0
+            while repeats is None or r < repeats:
+                for name, make in runs.items():
+                    t, out = timed(make(), args.pause)
+                    times[name].append(t)
+                    outs.setdefault(name, out)  # parameters after the first epoch, for the agreement check
+                r += 1
+                if repeats is None:  # set from the first round: fewer repeats for the slow configurations
+                    round_time = sum(v[0] for v in times.values()) + len(runs) * args.pause
+                    repeats = int(np.clip(args.budget / round_time, 3, 11))
+            rows.append(summarise(batch_size, hidden, args.n, n_in, times, outs, peak32, peak64))
+            print_table(F32_COLUMNS, rows[-1:], header=False)
+    load1 = load_average()
+    print()
+    print_table(F64_COLUMNS, rows)
+    print()
+    print(f"Times are medians of {'/'.join(str(k) for k in sorted({r['repeats'] for r in rows}))} interleaved "
+          f"repeats; x ratios are medians of the paired ratios (repeat i over repeat i).")
+    print("GFLOP/s = 4 N D H / time, the flops of the two big products; %peak = that over the square "
+          "sgemm (float32) or dgemm (float64) peak.")
+    print("overhead = (numpy - floor) per SGD step; agree = max |numpy - torch| / max |parameter| after the "
+          "first epoch from the same start and shuffle.")
+    print(f"Ran {time.perf_counter() - t_start:.0f} s; load average {load0:.2f} at start, {load1:.2f} at end "
+          f"on {os.cpu_count()} cores.")
+    if max(load0, load1) > (os.cpu_count() or 1) - threads + 0.5:
+        print("WARNING: other programs were using the CPU. Multithreaded BLAS slows down a lot under "
+              "contention: rerun on an idle machine before quoting these numbers.")
+    report_targets(rows)
+
+
+def summarise(batch_size, hidden, n, n_in, times, outs, peak32, peak64):
+    t = {k: np.array(v) for k, v in times.items()}
+    med = {k: float(np.median(v)) for k, v in t.items()}
+    gflops = 4.0 * n * n_in * hidden / 1e9
+    return dict(
+        batch=batch_size, hidden=hidden, repeats=len(t["numpy32"]), ms={k: 1e3 * v for k, v in med.items()},
+        ratio={(a, b): float(np.median(t[a] / t[b])) for a, b in
+               [("numpy32", "torch32"), ("numpy32", "floor32"), ("torch32", "floor32"),
+                ("numpy64", "floor64"), ("numpy64", "numpy32")]},
+        gflops={k: gflops / v for k, v in med.items()},
+        peak={k: gflops / v / (peak32 if k.endswith("32") else peak64) for k, v in med.items()},
+        overhead_us=1e6 * (med["numpy32"] - med["floor32"]) / -(-n // batch_size),
+        agree=max_rel_diff(outs["numpy32"], outs["torch32"]),
+    )
+
+
+# (header, width, a summarised row's value as text); "|" separates groups
+F32_COLUMNS = [
+    ("batch", 5, lambda r: f"{r['batch']}"),
+    ("hidden", 6, lambda r: f"{r['hidden']}"),
+    "|", ("numpy ms", 9, lambda r: f"{r['ms']['numpy32']:.1f}"),
+    ("torch ms", 10, lambda r: f"{r['ms']['torch32']:.1f}"),
+    ("floor ms", 10, lambda r: f"{r['ms']['floor32']:.1f}"),
+    "|", ("numpy/torch", 11, lambda r: f"{r['ratio']['numpy32', 'torch32']:.2f}"),
+    ("numpy/floor", 11, lambda r: f"{r['ratio']['numpy32', 'floor32']:.2f}"),
+    ("torch/floor", 11, lambda r: f"{r['ratio']['torch32', 'floor32']:.2f}"),
+    "|", ("GFLOP/s numpy", 13, lambda r: f"{r['gflops']['numpy32']:.0f}"),
+    ("torch", 5, lambda r: f"{r['gflops']['torch32']:.0f}"),
+    ("floor", 5, lambda r: f"{r['gflops']['floor32']:.0f}"),
+    "|", ("%peak numpy", 11, lambda r: f"{100 * r['peak']['numpy32']:.0f}%"),
+    ("floor", 5, lambda r: f"{100 * r['peak']['floor32']:.0f}%"),
+    "|", ("overhead us/step", 16, lambda r: f"{r['overhead_us']:.0f}"),
+    ("agree", 7, lambda r: f"{r['agree']:.0e}"),
+]
+F64_COLUMNS = [
+    ("batch", 5, lambda r: f"{r['batch']}"),
+    ("hidden", 6, lambda r: f"{r['hidden']}"),
+    "|", ("numpy ms", 9, lambda r: f"{r['ms']['numpy64']:.1f}"),
+    ("floor ms", 10, lambda r: f"{r['ms']['floor64']:.1f}"),
+    "|", ("numpy/floor", 11, lambda r: f"{r['ratio']['numpy64', 'floor64']:.2f}"),
+    "|", ("GFLOP/s numpy", 13, lambda r: f"{r['gflops']['numpy64']:.0f}"),
+    ("floor", 5, lambda r: f"{r['gflops']['floor64']:.0f}"),
+    "|", ("%peak numpy", 11, lambda r: f"{100 * r['peak']['numpy64']:.0f}%"),
+    ("floor", 5, lambda r: f"{100 * r['peak']['floor64']:.0f}%"),
+    "|", ("float64/float32 numpy", 21, lambda r: f"{r['ratio']['numpy64', 'numpy32']:.2f}"),
+]
+
+
+def print_table(columns, rows, header=True):
+    if header:
+        print("float32" if columns is F32_COLUMNS else "float64 (the same epochs on float64 data and parameters)")
+        print(" ".join(c if c == "|" else c[0].rjust(max(c[1], len(c[0]))) for c in columns))
+    for r in rows or ():
+        print(" ".join(c if c == "|" else c[2](r).rjust(max(c[1], len(c[0]))) for c in columns), flush=True)
+
+
+def report_targets(rows):
+    """The issue's targets at hidden 100 (or the hidden size nearest it); last, the one summary line."""
+    hidden = min({r["hidden"] for r in rows}, key=lambda h: abs(h - 100))
+    at = {r["batch"]: r for r in rows if r["hidden"] == hidden}
+    checks = []
+    if 128 in at:
+        checks += [("numpy/torch at batch 128", at[128]["ratio"]["numpy32", "torch32"], 0.8),
+                   ("numpy/floor at batch 128", at[128]["ratio"]["numpy32", "floor32"], 1.25)]
+    if 32 in at:
+        checks.append(("numpy/torch at batch 32", at[32]["ratio"]["numpy32", "torch32"], 1.0))
+    print(f"\nTargets (float32, hidden {hidden}):")
+    for what, value, limit in checks:
+        print(f"  {what:25s} {value:5.2f}   target <= {limit:.2f}: {'met' if value <= limit else 'MISSED'}")
+    batch = 128 if 128 in at else min(at)
+    print(f"numpy/torch epoch time ratio at batch {batch}, float32: {at[batch]['ratio']['numpy32', 'torch32']:.2f}")
+
+
+if __name__ == "__main__":
+    main(ARGS)

@@ -1,0 +1,127 @@
+"""Notebook 04's weight browsers work for a person: JupyterLab and Voila, in a real (headless) browser.
+
+Each test serves a temporary copy of the notebook on 127.0.0.1, runs it, moves the unit slider and the
+epoch slider with the keyboard and with the mouse, and checks that the caption and the figure changed
+to the new unit or epoch. These are the failures nothing else catches: a widget shown as text
+(IntSlider(value=0)) and a plot that does not redraw. Screenshots of both browsers, before and after,
+go to a temporary folder whose path is printed (pytest -m browser -s shows it).
+Without /usr/bin/chromium the tests skip, unless FACEAGE_REQUIRE_BROWSER=1 (CI sets it): then they fail.
+"""
+import contextlib
+import hashlib
+import os
+
+import pytest
+
+import browser_support as bs
+import faceage_helpers as fh
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def page():
+    """A fresh headless Chromium page, or a skip (a failure under FACEAGE_REQUIRE_BROWSER=1)."""
+    reason = bs.missing_browser_reason()
+    if reason:
+        if os.environ.get("FACEAGE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"FACEAGE_REQUIRE_BROWSER=1, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    with bs.chromium() as page:
+        yield page
+
+
+@pytest.fixture
+def notebook():
+    """Notebook 04 and the data it trains on; afterwards, proof that the committed file was not touched."""
+    assert bs.NOTEBOOK.exists(), f"{bs.NOTEBOOK} is missing"
+    fh.find_data()  # no data.zip: fail now with the module's explanation, not after minutes in the browser
+    digest = hashlib.sha256(bs.NOTEBOOK.read_bytes()).hexdigest()
+    yield bs.NOTEBOOK
+    assert hashlib.sha256(bs.NOTEBOOK.read_bytes()).hexdigest() == digest, \
+        "the committed notebook changed: the servers must only ever see a copy"
+
+
+@pytest.fixture
+def screens(tmp_path):
+    folder = tmp_path / "screens"
+    folder.mkdir()
+    return folder
+
+
+@contextlib.contextmanager
+def explained(page, server, screens):
+    """Turn any failure in the browser into one message: what went wrong, a screenshot, the server's log."""
+    try:
+        yield
+        return
+    except Exception as e:  # Playwright's timeouts, NotebookError, our assertions
+        error = e
+    shot, shown = screens / f"{server.kind}_failure.png", "(page unreadable)"
+    with contextlib.suppress(Exception):
+        page.screenshot(path=shot)
+        shown = " ".join(page.inner_text("body").split())[:300]  # e.g. Voila's "Executing 3 of 30"
+    message = f"{type(error).__name__}: {error}\nthe page shows: {shown}\nscreenshot: {shot}\n{server.log_tail()}"
+    raise pytest.fail.Exception(message, pytrace=False) from None  # the message says it all
+
+
+def move_and_check(box, name, gesture):
+    """Move one slider with `gesture`, then check the caption names the new value and the image changed."""
+    before = bs.state(box)
+    upper_half = before["value"] > (before["min"] + before["max"]) / 2
+    fraction = 0.25 if upper_half else 0.75  # far enough from where the handle is now
+    if gesture == "keyboard":
+        bs.press_key(box, "ArrowLeft" if before["value"] == before["max"] else "ArrowRight")
+    elif gesture == "mouse drag":
+        bs.drag_to(box, fraction)
+    else:
+        bs.click_track_at(box, fraction)
+    after = bs.state(box)
+    value, span = after["value"], before["max"] - before["min"]
+    assert value != before["value"], f"{gesture} did not move the {name} slider (still {value})"
+    if gesture != "keyboard":
+        aimed = before["min"] + fraction * span
+        assert abs(value - aimed) <= 0.25 * span, f"{gesture} to {fraction:.0%} of the track gave {name} {value}"
+    try:
+        bs.wait_for_redraw(box, name, value, before["src"], timeout=30)
+    except Exception:
+        now = bs.state(box)
+        raise AssertionError(
+            f"after {gesture} to {name} {value}, the caption says {now['caption']!r} (should start with "
+            f"'{name} {value}') and the image {'changed' if now['src'] != before['src'] else 'did not change'}"
+        ) from None
+    return value
+
+
+def check_weight_browsers(page, server, screens):
+    """Both sliders, keyboard then mouse; screenshots of each browser before and after."""
+    for name, mouse in (("unit", "mouse drag"), ("epoch", "mouse click on the track")):
+        box = bs.weight_browser(page, name)
+        box.scroll_into_view_if_needed()
+        box.screenshot(path=screens / f"{server.kind}_{name}_before.png")
+        first = move_and_check(box, name, "keyboard")
+        second = move_and_check(box, name, mouse)
+        box.screenshot(path=screens / f"{server.kind}_{name}_after.png")
+        print(f"{server.kind}: {name} slider moved to {first} (keyboard), then {second} ({mouse})")
+    print(f"screenshots: {screens}")
+
+
+def assert_stopped(server):
+    """The server and the kernel it started are gone once the test is done with them."""
+    assert server.process.returncode is not None, f"{server.kind} is still running"
+    assert server.descendants, f"{server.kind} started no kernel?"
+    assert not server.leftovers(), f"{server.kind} left processes running: {server.leftovers()}"
+
+
+def test_sliders_redraw_in_jupyterlab(page, notebook, screens, tmp_path):
+    with bs.serve("lab", tmp_path / "served", notebook=notebook) as server, explained(page, server, screens):
+        bs.open_in_lab(page, server)
+        check_weight_browsers(page, server, screens)
+    assert_stopped(server)
+
+
+def test_sliders_redraw_in_voila_dashboard(page, notebook, screens, tmp_path):
+    with bs.serve("voila", tmp_path / "served", notebook=notebook) as server, explained(page, server, screens):
+        bs.open_in_voila(page, server)
+        check_weight_browsers(page, server, screens)
+    assert_stopped(server)
