@@ -11,7 +11,7 @@ The network, in the notation used throughout the notebooks:
 Loss: mean squared error. Training: minibatch SGD with hand-written backprop.
 
 Sections: data, model, gradient checking, training, evaluation, plots and
-widgets, command line. Run `python faceage_helpers.py --help` for the command line.
+widgets, exercise checks, command line. Run `python faceage_helpers.py --help`.
 """
 
 from __future__ import annotations
@@ -496,7 +496,7 @@ def train_epoch(params, X, y, lr, batch_size, rng, epoch=1, start_loss=1.0):
     """One pass of minibatch SGD over (X, y), reshuffled with rng; returns the mean batch loss.
 
     The lesson's loop (forward, mse_loss, backward and sgd_step on batch = order[start:start +
-    batch_size] of order = rng.permutation(N)), arranged so that an epoch costs little more than
+    batch_size] of order = rng.permutation(N)), arranged so that an epoch costs not much more than
     its two big matrix products (benchmarks/README.md): each batch is gathered into one reused
     contiguous buffer, everything stays in the parameters' dtype (float32 never meets float64),
     and the learning rate is applied to dL/dy^ (B numbers) instead of to dW1 (hidden x 2304).
