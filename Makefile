@@ -49,7 +49,7 @@ student: setup
 	$(PY) tools/make_student.py notebooks build/student
 
 bench: setup
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 threadpoolctl==3.8.0
 	$(PY) benchmarks/bench_epoch.py
 
 clean:

@@ -106,7 +106,7 @@ def as_face_rows(X, name="X") -> np.ndarray:
         return X.astype(np.float32) / np.float32(255)
     if not np.issubdtype(X.dtype, np.floating) and not np.issubdtype(X.dtype, np.integer):
         raise DataError(f"{name} has dtype {X.dtype}; expected uint8 (0-255) or float (0-1) pixels.")
-    X = X.astype(np.float32)
+    X = X.astype(np.float32, copy=False)
     if not np.isfinite(X).all():
         raise DataError(f"{name} contains {np.size(X) - np.isfinite(X).sum()} non-finite values (NaN or inf).")
     if X.size and (X.min() < 0 or X.max() > 1):
@@ -391,8 +391,9 @@ def numerical_gradient(f, x, indices, h=1e-5):
 def gradient_check(params, X, y, n_entries=None, seed=0, h=1e-5, forward_fn=None, backward_fn=None):
     """Compare backward with centered differences in float64, parameter by parameter.
 
-    n_entries: check this many random entries per parameter (None: every entry, which costs
-    2 forward passes per entry: about 2 * hidden * 2304 passes for W1).
+    n_entries: check this many random entries per parameter (100 entries of a hidden-64 network
+    take ~0.06 s). None checks every entry at 2 forward passes each: ~1 s for hidden 10, but
+    ~50 s for hidden 64 and ~100 s for hidden 100 (2 * hidden * 2304 passes for W1 alone).
     Returns {name: GradCheck}.
     """
     forward_fn = forward_fn or forward

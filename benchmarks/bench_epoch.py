@@ -98,11 +98,32 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def load_average():
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
+class OtherCpuUse:
+    """How many cores other programs (and the hypervisor: steal time) used while the benchmark ran.
+
+    From /proc/stat (all busy CPU time) minus this process's own CPU time; None where there is
+    no /proc/stat. The load average cannot tell: it counts the benchmark itself.
+    """
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4] - sum(fields[8:])  # minus idle, iowait, guest (in user)
+        own = sum(os.times()[:2])
+        return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own
+
+    def cores(self):
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        (t0, busy0, own0), (t1, busy1, own1) = self.start, end
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
 
 
 # ----------------------------------------------------------------------------- timing
@@ -120,20 +141,33 @@ def timed(fn, pause):
         gc.enable()
 
 
-def matmul_peak(dtype, n=2048, repeats=5):
-    """Best GFLOP/s of an n x n x n matrix product: this machine's practical matmul peak."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
-    c = np.empty((n, n), dtype)
-    np.matmul(a, b, out=c)  # warm up: threads started, pages touched
-    best = min(timed(lambda: np.matmul(a, b, out=c), 0.05)[0] for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
+class MatmulPeak:
+    """This machine's matmul peak: the best GFLOP/s of a square n x n x n product in NumPy's BLAS.
+
+    Timed a few times at the start and once more in every round of repeats, so a busy moment
+    at the start cannot lower it; the best of all is the peak.
+    """
+
+    def __init__(self, dtype, n=2048):
+        rng = np.random.default_rng(0)
+        self.a, self.b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
+        self.c = np.empty((n, n), dtype)
+        self.flops, self.best = 2.0 * n ** 3, float("inf")
+        np.matmul(self.a, self.b, out=self.c)  # warm up: threads started, pages touched
+
+    def measure(self, pause, repeats=1):
+        for _ in range(repeats):
+            self.best = min(self.best, timed(lambda: np.matmul(self.a, self.b, out=self.c), pause)[0])
+
+    @property
+    def gflops(self):
+        return self.flops / self.best / 1e9
 
 
 # ----------------------------------------------------------------------------- the three loops
 
 def synthetic_data(n, seed=0):
-    """n random uint8 'faces' converted ONCE to standardised float32, and float64 for the f64 runs."""
+    """n random uint8 'faces' converted once to standardised float32 rows, and standardised 'ages'."""
     rng = np.random.default_rng(seed)
     faces = rng.integers(0, 256, size=(n, fh.N_PIXELS), dtype=np.uint8)
     ages = 20 + 40 * faces[:, :200].mean(axis=1) / 255 + rng.normal(0, 5, n)  # some signal to fit
@@ -174,7 +208,9 @@ def floor_epoch(params0, X, batch_size):
 def torch_epoch(torch, params0, X_t, y_t, batch_size):
     """The same network and loop with autograd and torch.optim.SGD (same init, same shuffle)."""
     n_hidden, n_in = params0["W1"].shape
-    net = torch.nn.Sequential(torch.nn.Linear(n_in, n_hidden), torch.nn.ReLU(), torch.nn.Linear(n_hidden, 1))
+    dtype = torch.from_numpy(params0["W1"]).dtype
+    net = torch.nn.Sequential(torch.nn.Linear(n_in, n_hidden, dtype=dtype), torch.nn.ReLU(),
+                              torch.nn.Linear(n_hidden, 1, dtype=dtype))
     with torch.no_grad():
         for layer, w, b in ((net[0], "W1", "b1"), (net[2], "W2", "b2")):
             layer.weight.copy_(torch.from_numpy(params0[w]))
@@ -217,16 +253,16 @@ def main(args):
     if args.threads:
         threads = args.threads
     torch.set_num_threads(threads)  # the same thread count as NumPy's BLAS
-    load0 = load_average()
+    others = OtherCpuUse()
 
     print("FaceAge epoch benchmark: NumPy (fh.train_epoch) vs PyTorch CPU vs the matmul floor")
-    print(f"CPU        {cpu_name()}, {os.cpu_count()} logical cores; load average {load0:.2f} at start")
+    print(f"CPU        {cpu_name()}, {os.cpu_count()} logical cores")
     print(f"Python     {platform.python_version()}; NumPy {np.__version__}; PyTorch {torch.__version__}")
     print(f"NumPy BLAS {blas_desc}; {threads} threads")
     print(f"Torch BLAS {torch_blas(torch)}; {torch.get_num_threads()} threads")
-    peak32, peak64 = matmul_peak(np.float32), matmul_peak(np.float64)
-    print(f"Peak       sgemm {peak32:.0f} GFLOP/s, dgemm {peak64:.0f} GFLOP/s "
-          f"(NumPy's BLAS, best of 5 square 2048 x 2048 products)")
+    peaks = {"float32": MatmulPeak(np.float32), "float64": MatmulPeak(np.float64)}
+    for peak in peaks.values():
+        peak.measure(args.pause, repeats=3)
 
     X32, y32 = synthetic_data(args.n)
     X64, y64 = X32.astype(np.float64), y32.astype(np.float64)
@@ -237,10 +273,10 @@ def main(args):
     print("Repeats    interleaved " + (f"x {args.repeats}" if args.repeats else
                                        f"for about {args.budget:g} s per configuration (3 to 11)") + "\n")
 
-    rows, t_start = [], time.perf_counter()
-    print_table(F32_COLUMNS, None)
+    results, t_start = [], time.perf_counter()
     for batch_size in args.batch:
         for hidden in args.hidden:
+            t_config = time.perf_counter()
             p32 = fh.init_params(hidden, n_in=n_in, seed=0, dtype=np.float32)
             p64 = {k: v.astype(np.float64) for k, v in p32.items()}
             # each entry prepares a fresh epoch (a copy of the start, a new optimizer) outside the timing
@@ -256,43 +292,57 @@ def main(args):
                     t, out = timed(make(), args.pause)
                     times[name].append(t)
                     outs.setdefault(name, out)  # parameters after the first epoch, for the agreement check
+                for peak in peaks.values():
+                    peak.measure(args.pause)
                 r += 1
                 if repeats is None:  # set from the first round: fewer repeats for the slow configurations
                     round_time = sum(v[0] for v in times.values()) + len(runs) * args.pause
                     repeats = int(np.clip(args.budget / round_time, 3, 11))
-            rows.append(summarise(batch_size, hidden, args.n, n_in, times, outs, peak32, peak64))
-            print_table(F32_COLUMNS, rows[-1:], header=False)
-    load1 = load_average()
+            # untimed: the same epoch in float64 in both, to show they compute the same thing (to ~1e-15)
+            outs["torch64"] = torch_epoch(torch, p64, torch.from_numpy(X64), torch.from_numpy(y64), batch_size)()
+            results.append(dict(batch=batch_size, hidden=hidden, times=times, outs=outs))
+            med = {k: 1e3 * np.median(v) for k, v in times.items()}
+            print(f"batch {batch_size:3d}, hidden {hidden:3d}: {repeats:2d} repeats in "
+                  f"{time.perf_counter() - t_config:3.0f} s; median ms: numpy {med['numpy32']:.1f}, "
+                  f"torch {med['torch32']:.1f}, floor {med['floor32']:.1f}", flush=True)
+    busy = others.cores()
+    rows = [summarise(args.n, n_in, peaks, **res) for res in results]
+    print(f"\nPeak       sgemm {peaks['float32'].gflops:.0f} GFLOP/s, dgemm {peaks['float64'].gflops:.0f} GFLOP/s "
+          f"(NumPy's BLAS, square 2048 x 2048, best of the run)\n")
+    print_table(F32_COLUMNS, rows, "float32")
     print()
-    print_table(F64_COLUMNS, rows)
+    print_table(F64_COLUMNS, rows, "float64 (the same epochs with float64 data and parameters)")
     print()
     print(f"Times are medians of {'/'.join(str(k) for k in sorted({r['repeats'] for r in rows}))} interleaved "
           f"repeats; x ratios are medians of the paired ratios (repeat i over repeat i).")
-    print("GFLOP/s = 4 N D H / time, the flops of the two big products; %peak = that over the square "
-          "sgemm (float32) or dgemm (float64) peak.")
+    print("GFLOP/s = 4 N D H / time, the flops of the two big products; %peak = that over the sgemm (float32) "
+          "or dgemm (float64) peak.")
     print("overhead = (numpy - floor) per SGD step; agree = max |numpy - torch| / max |parameter| after the "
-          "first epoch from the same start and shuffle.")
-    print(f"Ran {time.perf_counter() - t_start:.0f} s; load average {load0:.2f} at start, {load1:.2f} at end "
-          f"on {os.cpu_count()} cores.")
-    if max(load0, load1) > (os.cpu_count() or 1) - threads + 0.5:
-        print("WARNING: other programs were using the CPU. Multithreaded BLAS slows down a lot under "
-              "contention: rerun on an idle machine before quoting these numbers.")
+          "first epoch from the same start and shuffle:")
+    print("~1e-15 in float64 (the same computation); float32 rounding differences grow over the steps "
+          "as ReLUs flip, most with small batches.")
+    print(f"Ran {time.perf_counter() - t_start:.0f} s" + ("." if busy is None else
+          f"; other programs used {busy:.2f} of the {os.cpu_count()} cores meanwhile (on average)."))
+    if busy is not None and busy > 0.1:
+        print("WARNING: multithreaded BLAS slows down a lot when other programs compete for the cores, "
+              "and unevenly: rerun on an idle machine before quoting these numbers.")
     report_targets(rows)
 
 
-def summarise(batch_size, hidden, n, n_in, times, outs, peak32, peak64):
+def summarise(n, n_in, peaks, batch, hidden, times, outs):
     t = {k: np.array(v) for k, v in times.items()}
     med = {k: float(np.median(v)) for k, v in t.items()}
     gflops = 4.0 * n * n_in * hidden / 1e9
     return dict(
-        batch=batch_size, hidden=hidden, repeats=len(t["numpy32"]), ms={k: 1e3 * v for k, v in med.items()},
+        batch=batch, hidden=hidden, repeats=len(t["numpy32"]), ms={k: 1e3 * v for k, v in med.items()},
         ratio={(a, b): float(np.median(t[a] / t[b])) for a, b in
                [("numpy32", "torch32"), ("numpy32", "floor32"), ("torch32", "floor32"),
                 ("numpy64", "floor64"), ("numpy64", "numpy32")]},
         gflops={k: gflops / v for k, v in med.items()},
-        peak={k: gflops / v / (peak32 if k.endswith("32") else peak64) for k, v in med.items()},
-        overhead_us=1e6 * (med["numpy32"] - med["floor32"]) / -(-n // batch_size),
-        agree=max_rel_diff(outs["numpy32"], outs["torch32"]),
+        peak={k: gflops / v / peaks["float32" if k.endswith("32") else "float64"].gflops for k, v in med.items()},
+        overhead_us=1e6 * (med["numpy32"] - med["floor32"]) / -(-n // batch),
+        agree32=max_rel_diff(outs["numpy32"], outs["torch32"]),
+        agree64=max_rel_diff(outs["numpy64"], outs["torch64"]),
     )
 
 
@@ -300,9 +350,9 @@ def summarise(batch_size, hidden, n, n_in, times, outs, peak32, peak64):
 F32_COLUMNS = [
     ("batch", 5, lambda r: f"{r['batch']}"),
     ("hidden", 6, lambda r: f"{r['hidden']}"),
-    "|", ("numpy ms", 9, lambda r: f"{r['ms']['numpy32']:.1f}"),
-    ("torch ms", 10, lambda r: f"{r['ms']['torch32']:.1f}"),
-    ("floor ms", 10, lambda r: f"{r['ms']['floor32']:.1f}"),
+    "|", ("numpy ms", 8, lambda r: f"{r['ms']['numpy32']:.1f}"),
+    ("torch ms", 8, lambda r: f"{r['ms']['torch32']:.1f}"),
+    ("floor ms", 8, lambda r: f"{r['ms']['floor32']:.1f}"),
     "|", ("numpy/torch", 11, lambda r: f"{r['ratio']['numpy32', 'torch32']:.2f}"),
     ("numpy/floor", 11, lambda r: f"{r['ratio']['numpy32', 'floor32']:.2f}"),
     ("torch/floor", 11, lambda r: f"{r['ratio']['torch32', 'floor32']:.2f}"),
@@ -310,30 +360,32 @@ F32_COLUMNS = [
     ("torch", 5, lambda r: f"{r['gflops']['torch32']:.0f}"),
     ("floor", 5, lambda r: f"{r['gflops']['floor32']:.0f}"),
     "|", ("%peak numpy", 11, lambda r: f"{100 * r['peak']['numpy32']:.0f}%"),
+    ("torch", 5, lambda r: f"{100 * r['peak']['torch32']:.0f}%"),
     ("floor", 5, lambda r: f"{100 * r['peak']['floor32']:.0f}%"),
     "|", ("overhead us/step", 16, lambda r: f"{r['overhead_us']:.0f}"),
-    ("agree", 7, lambda r: f"{r['agree']:.0e}"),
+    ("agree", 5, lambda r: f"{r['agree32']:.0e}"),
 ]
 F64_COLUMNS = [
     ("batch", 5, lambda r: f"{r['batch']}"),
     ("hidden", 6, lambda r: f"{r['hidden']}"),
-    "|", ("numpy ms", 9, lambda r: f"{r['ms']['numpy64']:.1f}"),
-    ("floor ms", 10, lambda r: f"{r['ms']['floor64']:.1f}"),
+    "|", ("numpy ms", 8, lambda r: f"{r['ms']['numpy64']:.1f}"),
+    ("floor ms", 8, lambda r: f"{r['ms']['floor64']:.1f}"),
     "|", ("numpy/floor", 11, lambda r: f"{r['ratio']['numpy64', 'floor64']:.2f}"),
     "|", ("GFLOP/s numpy", 13, lambda r: f"{r['gflops']['numpy64']:.0f}"),
     ("floor", 5, lambda r: f"{r['gflops']['floor64']:.0f}"),
     "|", ("%peak numpy", 11, lambda r: f"{100 * r['peak']['numpy64']:.0f}%"),
     ("floor", 5, lambda r: f"{100 * r['peak']['floor64']:.0f}%"),
-    "|", ("float64/float32 numpy", 21, lambda r: f"{r['ratio']['numpy64', 'numpy32']:.2f}"),
+    "|", ("float64/float32 time", 20, lambda r: f"{r['ratio']['numpy64', 'numpy32']:.2f}"),
+    "|", ("agree", 5, lambda r: f"{r['agree64']:.0e}"),
 ]
 
 
-def print_table(columns, rows, header=True):
-    if header:
-        print("float32" if columns is F32_COLUMNS else "float64 (the same epochs on float64 data and parameters)")
-        print(" ".join(c if c == "|" else c[0].rjust(max(c[1], len(c[0]))) for c in columns))
-    for r in rows or ():
-        print(" ".join(c if c == "|" else c[2](r).rjust(max(c[1], len(c[0]))) for c in columns), flush=True)
+def print_table(columns, rows, title):
+    print(title)
+    width = [c if c == "|" else max(c[1], len(c[0])) for c in columns]
+    print(" ".join(c if c == "|" else c[0].rjust(w) for c, w in zip(columns, width)))
+    for r in rows:
+        print(" ".join(c if c == "|" else c[2](r).rjust(w) for c, w in zip(columns, width)))
 
 
 def report_targets(rows):
@@ -350,7 +402,8 @@ def report_targets(rows):
     for what, value, limit in checks:
         print(f"  {what:25s} {value:5.2f}   target <= {limit:.2f}: {'met' if value <= limit else 'MISSED'}")
     batch = 128 if 128 in at else min(at)
-    print(f"numpy/torch epoch time ratio at batch {batch}, float32: {at[batch]['ratio']['numpy32', 'torch32']:.2f}")
+    ratio = at[batch]["ratio"]["numpy32", "torch32"]
+    print(f"numpy/torch epoch time ratio at batch {batch}, float32: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,41 @@ def test_predict_rejects_wrong_shapes_clearly():
     model = fh.train(X, y, n_hidden=3, epochs=1, verbose=False)
     with pytest.raises(fh.DataError, match=r"shape \(5, 100\); expected \(N, 48, 48\) or \(N, 2304\)"):
         fh.predict(model, np.zeros((5, 100)))
+
+
+
+def lesson_epoch(params, X, y, lr, batch_size, rng):
+    """The loop as notebook 03 writes it: forward, mse_loss, backward, sgd_step per batch."""
+    order = rng.permutation(len(X))
+    losses = []
+    for start in range(0, len(X), batch_size):
+        batch = order[start:start + batch_size]
+        y_hat, cache = fh.forward(params, X[batch])
+        loss, dy_hat = fh.mse_loss(y_hat, y[batch])
+        fh.sgd_step(params, fh.backward(params, cache, dy_hat), lr)
+        losses.append(loss * len(batch))
+    return sum(losses) / len(X)
+
+
+def test_train_epoch_is_the_lesson_loop_up_to_rounding():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((70, 2304)), rng.standard_normal(70)
+    fast, slow = fh.init_params(6, dtype=np.float64), fh.init_params(6, dtype=np.float64)
+    for seed in (1, 2):  # two epochs; batches of 16, 16, 16, 16 and a partial one of 6
+        loss_fast = fh.train_epoch(fast, X, y, 0.01, 16, np.random.default_rng(seed))
+        loss_slow = lesson_epoch(slow, X, y, 0.01, 16, np.random.default_rng(seed))
+        assert abs(loss_fast - loss_slow) < 1e-12 * abs(loss_slow)
+    for name in slow:
+        assert fh.rel_error(fast[name], slow[name]) < 1e-12, name
+
+
+def test_float32_training_stays_float32_whatever_the_data_dtype():
+    rng = np.random.default_rng(0)
+    X64, y64 = rng.standard_normal((40, 2304)), rng.standard_normal(40)
+    reference = fh.init_params(4)  # float32
+    fh.train_epoch(reference, X64.astype(np.float32), y64.astype(np.float32), 0.01, 16, np.random.default_rng(1))
+    params = fh.init_params(4)
+    fh.train_epoch(params, X64, y64, np.float64(0.01), 16, np.random.default_rng(1))  # float64 data, numpy lr
+    for name, p in params.items():
+        assert p.dtype == np.float32, name
+        np.testing.assert_array_equal(p, reference[name])  # batches converted to float32, the same arithmetic
