@@ -660,12 +660,16 @@ def fit_ridge(X, y, lam=100.0):
     return lambda Xnew: (np.asarray(Xnew, dtype=np.float64) - x_mean) @ w + y_mean
 
 
-def baselines(data: FaceData, lam=100.0) -> dict:
-    """Test metrics of the two models every network must beat: the training mean and ridge regression."""
-    mean_pred = np.full(len(data.yte), data.ytr.mean())
-    ridge = fit_ridge(data.Xtr, data.ytr, lam)
-    return {"mean": regression_metrics(data.yte, mean_pred),
-            f"ridge (lambda={lam:g})": regression_metrics(data.yte, ridge(data.Xte))}
+def baselines(data: FaceData, lam=100.0, return_predictions=False):
+    """Test metrics of the two models every network must beat: the training mean and ridge regression.
+
+    return_predictions=True also returns their test predictions {name: ages}, so a caller that
+    wants to plot them need not fit ridge (a few seconds) a second time.
+    """
+    preds = {"mean": np.full(len(data.yte), data.ytr.mean()),
+             f"ridge (lambda={lam:g})": fit_ridge(data.Xtr, data.ytr, lam)(data.Xte)}
+    rows = {name: regression_metrics(data.yte, p) for name, p in preds.items()}
+    return (rows, preds) if return_predictions else rows
 
 
 def format_metrics_table(rows: dict) -> str:
