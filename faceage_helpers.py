@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import hashlib
 import io
 import json
@@ -499,28 +500,41 @@ def train_epoch(params, X, y, lr, batch_size, rng, epoch=1, start_loss=1.0):
     The lesson's loop (forward, mse_loss, backward and sgd_step on batch = order[start:start +
     batch_size] of order = rng.permutation(N)), arranged so that an epoch costs not much more than
     its two big matrix products (benchmarks/README.md): each batch is gathered into one reused
-    contiguous buffer, everything stays in the parameters' dtype (float32 never meets float64),
-    and the learning rate is applied to dL/dy^ (B numbers) instead of to dW1 (hidden x 2304).
+    buffer; everything stays in the parameters' dtype (float32 never meets float64); backward and
+    sgd_step are done together, each step subtracted where it is computed, W1's inside its matrix
+    product (_subtract_matmul); and a float32 W1 is held column-major for the epoch.
     """
     n = len(X)
     order = rng.permutation(n)
     dtype = params["W1"].dtype
     y = np.asarray(y, dtype=dtype)[order]  # the targets in batch order, once per epoch
     lr = float(lr)  # a Python float keeps float32 arithmetic in float32
+    # OpenBLAS computes X_b @ W1.T faster in float32 with W1 column-major, and as fast or faster
+    # in float64 with W1 as stored (measured: benchmarks/README.md); the values are the same
+    W1 = np.asfortranarray(params["W1"]) if dtype == np.float32 else params["W1"]
+    held = dict(params, W1=W1)
+    b1, w2, b2 = params["b1"], params["W2"][0], params["b2"]  # views: updating them updates params
     X_b_buffer = np.empty((min(batch_size, n), X.shape[1]), dtype)
     total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _check_loss
-        for start in range(0, n, batch_size):
-            batch = order[start:start + batch_size]
-            y_hat, cache = forward(params, _gather_rows(X, batch, X_b_buffer[:len(batch)]))
-            loss, dy_hat = mse_loss(y_hat, y[start:start + batch_size])
-            _check_loss(loss, epoch, lr, start_loss)
-            # backward is linear in dy_hat, so given lr * dL/dy^ it returns the SGD steps lr * dL/dp:
-            # the same update as sgd_step(params, grads, lr), without a temporary lr * dW1
-            steps = backward(params, cache, lr * dy_hat)
-            for name, p in params.items():
-                p -= steps[name]
-            total += loss * len(batch)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _check_loss
+            for start in range(0, n, batch_size):
+                batch = order[start:start + batch_size]
+                X_b = _gather_rows(X, batch, X_b_buffer[:len(batch)])
+                y_hat, (_, Z, H) = forward(held, X_b)
+                loss, dy_hat = mse_loss(y_hat, y[start:start + batch_size])
+                _check_loss(loss, epoch, lr, start_loss)
+                # backward() is linear in dy^: fed lr * dL/dy^, its gradients are the SGD steps lr * dL/dp
+                step_y = lr * dy_hat
+                step_Z = np.outer(step_y, w2) * (Z > 0)  # before w2 changes, as in backward()
+                w2 -= step_y @ H
+                b2 -= step_y.sum()
+                b1 -= step_Z.sum(axis=0)
+                _subtract_matmul(W1, step_Z.T, X_b)      # W1 -= step_Z.T @ X_b
+                total += loss * len(batch)
+    finally:  # also when training diverges: params then hold the steps taken so far, as in the lesson loop
+        if W1 is not params["W1"]:
+            params["W1"][...] = W1
     return total / n
 
 
@@ -638,6 +652,79 @@ def load_model(path) -> Model:
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise DataError(f"{path} is not a FaceAge model file ({e}). Save models with save_model().") from None
     return model
+
+
+# -----------------------------------------------------------------------------
+# W1's SGD step inside its matrix product
+# -----------------------------------------------------------------------------
+# BLAS computes C <- alpha A B + beta C. With beta = 1 the step W1 -= dZ^T X_b happens inside the
+# product, which saves a pass over W1 per SGD step. NumPy's matmul always has beta = 0, so
+# train_epoch calls the gemm of the OpenBLAS that NumPy's wheels bundle, through ctypes. Where there
+# is none (e.g. NumPy built on Apple's Accelerate), _subtract_matmul does the same in NumPy.
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS constants
+
+
+def _bundled_gemm():
+    """{dtype: cblas_?gemm} from the OpenBLAS in NumPy's wheel, checked on a small product; {} if none."""
+    numpy_dir = Path(np.__file__).resolve().parent
+    wheel_libraries = [*(numpy_dir.parent / "numpy.libs").glob("*openblas*"),  # Linux, Windows
+                       *(numpy_dir / ".dylibs").glob("*openblas*")]               # macOS on Intel
+    for library in sorted(wheel_libraries):
+        try:
+            blas = ctypes.CDLL(str(library))  # already loaded by NumPy: the same library and threads
+        except OSError:
+            continue
+        for suffix, c_int in (("64_", ctypes.c_int64), ("", ctypes.c_int)):  # 64- or 32-bit integer builds
+            names = {np.dtype(np.float32): ("scipy_cblas_sgemm" + suffix, ctypes.c_float),
+                     np.dtype(np.float64): ("scipy_cblas_dgemm" + suffix, ctypes.c_double)}
+            if not all(hasattr(blas, name) for name, _ in names.values()):
+                continue
+            gemms = {}
+            for dtype, (name, c_real) in names.items():
+                gemms[dtype] = gemm = getattr(blas, name)
+                gemm.restype = None
+                # (order, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
+                gemm.argtypes = ([ctypes.c_int] * 3 + [c_int] * 3 + [c_real, ctypes.c_void_p, c_int] +
+                                 [ctypes.c_void_p, c_int, c_real, ctypes.c_void_p, c_int])
+            if all(_gemm_agrees_with_numpy(gemm, dtype) for dtype, gemm in gemms.items()):
+                return gemms
+    return {}
+
+
+def _gemm_agrees_with_numpy(gemm, dtype):
+    """Whether gemm, called as _subtract_matmul calls it, gives NumPy's answer on a small product."""
+    rng = np.random.default_rng(0)
+    A, B, C = (rng.standard_normal(shape).astype(dtype) for shape in ((3, 5), (4, 3), (5, 4)))
+    expected = C - A.T @ B.T
+    _subtract_matmul(C, A.T, B.T, gemm)
+    return np.allclose(C, expected, rtol=1e-4, atol=1e-5)
+
+
+def _blas_operand(M):
+    """(transpose flag, data pointer, leading dimension) of 2-D M for a row-major gemm, or None."""
+    if M.flags.c_contiguous:
+        return _NO_TRANS, M.ctypes.data, max(1, M.shape[1])
+    if M.flags.f_contiguous:  # M.T is row-major
+        return _TRANS, M.ctypes.data, max(1, M.shape[0])
+    return None
+
+
+def _subtract_matmul(C, A, B, gemm=None):
+    """C -= A @ B in place: one gemm call with beta = 1 where possible, else NumPy."""
+    if C.flags.f_contiguous and not C.flags.c_contiguous:
+        C, A, B = C.T, B.T, A.T  # the same update, transposed: C.T -= B.T @ A.T, with C.T row-major
+    gemm = gemm or _GEMM.get(C.dtype)
+    a, b = _blas_operand(A), _blas_operand(B)
+    if gemm is None or a is None or b is None or not C.flags.c_contiguous or not C.dtype == A.dtype == B.dtype:
+        C -= A @ B
+        return
+    (m, k), n = A.shape, B.shape[1]
+    assert C.shape == (m, n) and B.shape[0] == k, "shapes do not match"
+    gemm(_ROW_MAJOR, a[0], b[0], m, n, k, -1.0, a[1], a[2], b[1], b[2], 1.0, C.ctypes.data, max(1, n))
+
+
+_GEMM = _bundled_gemm()
 
 
 # =============================================================================

@@ -141,3 +141,87 @@ def test_float32_training_stays_float32_whatever_the_data_dtype():
     for name, p in params.items():
         assert p.dtype == np.float32, name
         np.testing.assert_array_equal(p, reference[name])  # batches converted to float32, the same arithmetic
+
+
+def test_train_epoch_updates_the_callers_arrays_and_leaves_W1_row_major():
+    X, age = teacher_problem(50)
+    params = fh.init_params(5)
+    arrays = dict(params)
+    fh.train_epoch(params, X, (age - age.mean()) / age.std(), 0.01, 16, np.random.default_rng(0))
+    for name, p in params.items():
+        assert p is arrays[name], name
+    assert params["W1"].flags.c_contiguous
+
+
+def test_the_blas_fast_path_and_the_numpy_fallback_train_alike(monkeypatch):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((70, 2304)).astype(np.float32), rng.standard_normal(70).astype(np.float32)
+    fast, slow = fh.init_params(6), fh.init_params(6)
+    fh.train_epoch(fast, X, y, 0.01, 16, np.random.default_rng(1))
+    monkeypatch.setattr(fh, "_GEMM", {})  # as where NumPy's BLAS cannot be reached
+    fh.train_epoch(slow, X, y, 0.01, 16, np.random.default_rng(1))
+    for name in slow:
+        assert fh.rel_error(fast[name], slow[name]) < 1e-6, name  # float32 roundoff at most
+
+
+def test_a_diverging_epoch_still_writes_back_the_steps_it_took():
+    X, age = teacher_problem(64)
+    params = fh.init_params(4)
+    W1_start = params["W1"].copy()
+    with pytest.raises(fh.TrainingDiverged, match="epoch 1"):  # a first step far too big, then the loss explodes
+        fh.train_epoch(params, X, (age - age.mean()) / age.std(), 1e3, 16, np.random.default_rng(0))
+    assert not np.array_equal(params["W1"], W1_start)  # the steps taken on the epoch's copy of W1 are kept
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+@pytest.mark.parametrize("orders", ["CCC", "CCF", "CFC", "CFF", "FCC", "FCF", "FFC", "FFF"])  # C, A, B
+@pytest.mark.parametrize("gemm", ["bundled BLAS", "NumPy fallback"])
+def test_subtract_matmul_is_c_minus_a_at_b_in_place(monkeypatch, dtype, tol, orders, gemm):
+    if gemm == "NumPy fallback":
+        monkeypatch.setattr(fh, "_GEMM", {})
+    rng = np.random.default_rng(0)
+    A = np.asarray(rng.standard_normal((7, 3)), dtype, order=orders[1])
+    B = np.asarray(rng.standard_normal((3, 5)), dtype, order=orders[2])
+    C = np.asarray(rng.standard_normal((7, 5)), dtype, order=orders[0])
+    expected, C_array = C - A @ B, C
+    fh._subtract_matmul(C, A, B)
+    assert C is C_array
+    assert fh.rel_error(C, expected) < tol
+
+
+def test_subtract_matmul_falls_back_for_strided_or_mixed_inputs():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((7, 6)).astype(np.float32)[:, ::2]  # neither C- nor F-contiguous
+    B, C = rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((7, 5)).astype(np.float32)
+    expected = C - A @ B
+    fh._subtract_matmul(C, A, B)
+    assert fh.rel_error(C, expected) < 1e-6
+    C64 = rng.standard_normal((7, 5))
+    expected = C64 - A @ B
+    fh._subtract_matmul(C64, A, B)  # float32 operands, float64 C
+    assert fh.rel_error(C64, expected) < 1e-6
+
+
+def test_numpys_bundled_openblas_is_used_where_the_wheel_has_it():
+    from pathlib import Path
+    numpy_dir = Path(np.__file__).resolve().parent
+    if not [*(numpy_dir.parent / "numpy.libs").glob("*openblas*"), *(numpy_dir / ".dylibs").glob("*openblas*")]:
+        pytest.skip("this NumPy has no bundled OpenBLAS (e.g. conda's or Apple's BLAS): train_epoch uses NumPy alone")
+    assert set(fh._GEMM) == {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_train_epoch_takes_every_W1_step_in_one_gemm_call(monkeypatch, dtype):
+    if not fh._GEMM:
+        pytest.skip("this NumPy has no bundled OpenBLAS: train_epoch uses NumPy alone")
+    calls = []
+    counted = {t: (lambda *args, gemm=gemm: calls.append(args[3:6]) or gemm(*args)) for t, gemm in fh._GEMM.items()}
+    monkeypatch.setattr(fh, "_GEMM", counted)
+    X, age = teacher_problem(70)
+    fh.train_epoch(fh.init_params(6, dtype=dtype), X, (age - age.mean()) / age.std(), 0.01, 16,
+                   np.random.default_rng(0))
+    batches = [16, 16, 16, 16, 6]
+    if dtype == np.float32:  # column-major W1: W1.T (2304, 6) -= X_b.T @ step_Z
+        assert calls == [(2304, 6, b) for b in batches]
+    else:                    # W1 as stored: W1 (6, 2304) -= step_Z.T @ X_b
+        assert calls == [(6, 2304, b) for b in batches]
