@@ -711,7 +711,8 @@ def _blas_operand(M):
 
 
 def _subtract_matmul(C, A, B, gemm=None):
-    """C -= A @ B in place: one gemm call with beta = 1 where possible, else NumPy."""
+    """C -= A @ B in place (A and B must not share memory with C): one gemm call with beta = 1
+    where possible, else NumPy."""
     if C.flags.f_contiguous and not C.flags.c_contiguous:
         C, A, B = C.T, B.T, A.T  # the same update, transposed: C.T -= B.T @ A.T, with C.T row-major
     gemm = gemm or _GEMM.get(C.dtype)
