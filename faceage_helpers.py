@@ -665,12 +665,16 @@ def load_model(path) -> Model:
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS constants
 
 
+def _wheel_openblas_files():
+    """The OpenBLAS libraries NumPy's wheel ships beside it; [] for NumPy built on another BLAS."""
+    numpy_dir = Path(np.__file__).resolve().parent
+    return sorted([*(numpy_dir.parent / "numpy.libs").glob("*openblas*"),  # Linux, Windows
+                   *(numpy_dir / ".dylibs").glob("*openblas*")])               # macOS on Intel
+
+
 def _bundled_gemm():
     """{dtype: cblas_?gemm} from the OpenBLAS in NumPy's wheel, checked on a small product; {} if none."""
-    numpy_dir = Path(np.__file__).resolve().parent
-    wheel_libraries = [*(numpy_dir.parent / "numpy.libs").glob("*openblas*"),  # Linux, Windows
-                       *(numpy_dir / ".dylibs").glob("*openblas*")]               # macOS on Intel
-    for library in sorted(wheel_libraries):
+    for library in _wheel_openblas_files():
         try:
             blas = ctypes.CDLL(str(library))  # already loaded by NumPy: the same library and threads
         except OSError:

@@ -193,35 +193,25 @@ def numpy_epoch(params0, X, y, batch_size):
     return run
 
 
-def floor_epoch(params0, X, batch_size):
-    """Only X_b @ W1.T and dZ.T @ X_b per minibatch, W1 as stored, on contiguous slices, into reused outputs."""
-    W1 = params0["W1"]
+def floor_epoch(params0, X, batch_size, column_major=False):
+    """Only X_b @ W1.T and dZ.T @ X_b per minibatch, on contiguous slices, into reused outputs.
+
+    column_major=True holds W1 (and dW1) column-major, as train_epoch holds a float32 W1 for an epoch.
+    """
+    W1 = np.asfortranarray(params0["W1"]) if column_major else params0["W1"]
     hidden, n = len(W1), len(X)
     dZ = np.random.default_rng(2).standard_normal((batch_size, hidden)).astype(X.dtype)
-    Z, dW1 = np.empty((batch_size, hidden), X.dtype), np.empty_like(W1)
+    Z, dW1 = np.empty((batch_size, hidden), X.dtype), np.empty_like(W1)  # dW1 in W1's layout
 
     def run():
         for start in range(0, n, batch_size):
             X_b = X[start:start + batch_size]
             m = len(X_b)
             np.matmul(X_b, W1.T, out=Z[:m])
-            np.matmul(dZ[:m].T, X_b, out=dW1)
-    return run
-
-
-def column_major_floor_epoch(params0, X, batch_size):
-    """The same two products with W1 column-major, as train_epoch holds a float32 W1 for an epoch."""
-    W1 = np.asfortranarray(params0["W1"])
-    hidden, n = len(W1), len(X)
-    dZ = np.random.default_rng(2).standard_normal((batch_size, hidden)).astype(X.dtype)
-    Z, dW1 = np.empty((batch_size, hidden), X.dtype), np.empty_like(W1)  # dW1 column-major too
-
-    def run():
-        for start in range(0, n, batch_size):
-            X_b = X[start:start + batch_size]
-            m = len(X_b)
-            np.matmul(X_b, W1.T, out=Z[:m])
-            np.matmul(X_b.T, dZ[:m], out=dW1.T)  # dZ.T @ X_b, written as its transpose (row-major)
+            if column_major:  # dZ.T @ X_b, written as its (row-major) transpose
+                np.matmul(X_b.T, dZ[:m], out=dW1.T)
+            else:
+                np.matmul(dZ[:m].T, X_b, out=dW1)
     return run
 
 
@@ -303,7 +293,7 @@ def main(args):
             runs = {"numpy32": lambda: numpy_epoch(p32, X32, y32, batch_size),
                     "torch32": lambda: torch_epoch(torch, p32, X_t, y_t, batch_size),
                     "floor32": lambda: floor_epoch(p32, X32, batch_size),
-                    "cmfloor32": lambda: column_major_floor_epoch(p32, X32, batch_size),
+                    "cmfloor32": lambda: floor_epoch(p32, X32, batch_size, column_major=True),
                     "numpy64": lambda: numpy_epoch(p64, X64, y64, batch_size),
                     "floor64": lambda: floor_epoch(p64, X64, batch_size)}
             times, outs = {k: [] for k in runs}, {}

@@ -203,9 +203,7 @@ def test_subtract_matmul_falls_back_for_strided_or_mixed_inputs():
 
 
 def test_numpys_bundled_openblas_is_used_where_the_wheel_has_it():
-    from pathlib import Path
-    numpy_dir = Path(np.__file__).resolve().parent
-    if not [*(numpy_dir.parent / "numpy.libs").glob("*openblas*"), *(numpy_dir / ".dylibs").glob("*openblas*")]:
+    if not fh._wheel_openblas_files():
         pytest.skip("this NumPy has no bundled OpenBLAS (e.g. conda's or Apple's BLAS): train_epoch uses NumPy alone")
     assert set(fh._GEMM) == {np.dtype(np.float32), np.dtype(np.float64)}
 
