@@ -10,15 +10,15 @@ The network, in the notation used throughout the notebooks:
 
 Loss: mean squared error. Training: minibatch SGD with hand-written backprop.
 
-Sections: data, model, gradient checking, training, evaluation, plots and
-widgets, exercise checks, command line. Run `python faceage_helpers.py --help`.
+Sections, in the order the course meets them: data, model, gradient checking,
+training (the lesson loop, then train), evaluation, plots, weight browsers,
+exercise checks, command line. Run `python faceage_helpers.py --help`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import hashlib
 import io
 import json
@@ -35,7 +35,16 @@ import numpy as np
 IMAGE_SHAPE = (48, 48)
 N_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 2304
 ARRAY_NAMES = ("Xtr", "ytr", "Xte", "yte")
+# The settings of the default run (notebook 03 §6), used by train(), the command line and the README.
+DEFAULTS = dict(n_hidden=64, lr=0.005, lr_decay=0.93, batch_size=64, epochs=30, mirror=True, seed=0,
+                val_fraction=0.15)
+# Age bands for every per-age table and plot: lower edges in years, the last band open-ended.
+AGE_BANDS = (0, 10, 20, 30, 45, 60)
+AGE_BAND_NAMES = tuple([f"{a}-{b - 1}" for a, b in zip(AGE_BANDS, AGE_BANDS[1:])] + [f"{AGE_BANDS[-1]}+"])
+GENDER_NAMES = ("male", "female")  # meta CSV codes 0, 1 (-1: unknown)
+RACE_NAMES = ("White", "Black", "Asian", "Indian", "Others")  # meta CSV codes 0-4 (-1: unknown)
 HERE = Path(__file__).resolve().parent
+_this_module = sys.modules[__name__]  # the reference lesson: its forward, backward, ... train by default
 
 
 # =============================================================================
@@ -104,7 +113,9 @@ def as_face_rows(X, name="X") -> np.ndarray:
         raise DataError(f"{name} has shape {X.shape}; expected (N, 48, 48) or (N, 2304) faces "
                         f"(48x48 grayscale). Resize the images to 48x48 first.")
     if X.dtype == np.uint8:
-        return X.astype(np.float32) / np.float32(255)
+        X = X.astype(np.float32)
+        X /= 255  # in place: one float32 copy of the faces, not two
+        return X
     if not np.issubdtype(X.dtype, np.floating) and not np.issubdtype(X.dtype, np.integer):
         raise DataError(f"{name} has dtype {X.dtype}; expected uint8 (0-255) or float (0-1) pixels.")
     X = X.astype(np.float32, copy=False)
@@ -129,6 +140,11 @@ def as_ages(y, n, name="y") -> np.ndarray:
     if not np.isfinite(y).all():
         raise DataError(f"{name} contains {len(y) - np.isfinite(y).sum()} non-finite ages (NaN or inf).")
     return y
+
+
+def age_band(ages) -> np.ndarray:
+    """Index into AGE_BAND_NAMES of each age (notebook 01 §4): 0 for 0-9 years, ..., 5 for 60+."""
+    return np.searchsorted(AGE_BANDS, np.asarray(ages), side="right") - 1
 
 
 def _read_meta(zf: zipfile.ZipFile, member: str, n: int, path: Path) -> dict:
@@ -179,7 +195,7 @@ def load_data(path=None) -> FaceData:
     return FaceData(Xtr, ytr, Xte, yte, meta_tr, meta_te, path)
 
 
-def train_val_split(X, y, val_fraction=0.15, seed=0):
+def train_val_split(X, y, val_fraction=DEFAULTS["val_fraction"], seed=DEFAULTS["seed"]):
     """Split training data into (X_train, y_train, X_val, y_val) with a seeded shuffle.
 
     Choose settings on the validation part; keep the test split for the final report.
@@ -293,7 +309,7 @@ def build_data_zip(source, out="data.zip", test_fraction=0.19, seed=0) -> Path:
 # =============================================================================
 # Batch form: X is (N, 2304), one face per row, so Z = X W1^T + b1 is (N, hidden).
 
-def init_params(n_hidden=64, n_in=N_PIXELS, seed=0, dtype=np.float32, w1_gain=0.1) -> dict:
+def init_params(n_hidden=DEFAULTS["n_hidden"], n_in=N_PIXELS, seed=DEFAULTS["seed"], dtype=np.float32, w1_gain=0.1) -> dict:
     """Random weights scaled for ReLU (He: std sqrt(2/fan_in)), zero biases.
 
     W1 starts w1_gain times smaller than He's scale: the face-shaped features that training
@@ -338,6 +354,11 @@ def backward(params, cache, dy_hat):
     dW1 = dZ.T @ X                       # (hidden, 2304)
     db1 = dZ.sum(axis=0)                 # (hidden,)
     return {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+
+
+def weight_image(W1, j):
+    """Hidden unit j's 2304 input weights, row j of W1, as the 48x48 image they multiply (notebook 04 §2)."""
+    return W1[j].reshape(IMAGE_SHAPE)
 
 
 # =============================================================================
@@ -468,12 +489,36 @@ class Model:
     y_std: float
     history: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    lesson: object = None  # whose forward predicts: the functions that trained it (None: this module's)
+
+    def __post_init__(self):
+        self.lesson = self.lesson or _this_module
+
 
 
 def sgd_step(params, grads, lr):
-    """Vanilla SGD update, in place: p <- p - lr * dL/dp."""
+    """Vanilla SGD, in place: p <- p - lr * dL/dp for every parameter (notebook 03 §3)."""
     for name, p in params.items():
         p -= lr * grads[name]
+
+
+def train_epoch(params, X, y, lr, batch_size, rng):
+    """One epoch of minibatch SGD over (X, y), shuffled with rng; returns the mean loss (notebook 03 §4).
+
+    Every face is visited once; the last batch may be shorter, so each batch's loss is weighted
+    by its size. This is the loop that trains every network in FaceAge.
+    """
+    N = len(X)
+    order = rng.permutation(N)  # a new order every epoch
+    total_loss = 0.0
+    for start in range(0, N, batch_size):
+        batch = order[start:start + batch_size]
+        y_hat, cache = forward(params, X[batch])
+        loss, dy_hat = mse_loss(y_hat, y[batch])
+        grads = backward(params, cache, dy_hat)
+        sgd_step(params, grads, lr)
+        total_loss += loss * len(batch)
+    return total_loss / N
 
 
 def _check_loss(loss, epoch, lr, start_loss):
@@ -484,69 +529,29 @@ def _check_loss(loss, epoch, lr, start_loss):
             f"{start_loss:.3g}). The learning rate {lr:g} is too large; try {lr / 10:g}.")
 
 
-def _gather_rows(X, rows, out):
-    """X[rows], written into the reused buffer out and so in the parameters' dtype."""
-    if X.dtype == out.dtype:
-        # mode="clip" skips the safety copy of out that take makes for mode="raise";
-        # rows come from a permutation, so they are valid anyway
-        return np.take(X, rows, axis=0, out=out, mode="clip")
-    out[...] = X[rows]  # e.g. uint8 or float64 rows for float32 parameters: converted per batch only
-    return out
-
-
-def train_epoch(params, X, y, lr, batch_size, rng, epoch=1, start_loss=1.0):
-    """One pass of minibatch SGD over (X, y), reshuffled with rng; returns the mean batch loss.
-
-    The lesson's loop (forward, mse_loss, backward and sgd_step on batch = order[start:start +
-    batch_size] of order = rng.permutation(N)), arranged so that an epoch costs not much more than
-    its two big matrix products (benchmarks/README.md): each batch is gathered into one reused
-    buffer; everything stays in the parameters' dtype (float32 never meets float64); backward and
-    sgd_step are done together, each step subtracted where it is computed, W1's inside its matrix
-    product (_subtract_matmul); and a float32 W1 is held column-major for the epoch.
-    """
-    n = len(X)
-    order = rng.permutation(n)
-    dtype = params["W1"].dtype
-    y = np.asarray(y, dtype=dtype)[order]  # the targets in batch order, once per epoch
-    lr = float(lr)  # a Python float keeps float32 arithmetic in float32
-    # OpenBLAS computes X_b @ W1.T faster in float32 with W1 column-major, and as fast or faster
-    # in float64 with W1 as stored (measured: benchmarks/README.md); the values are the same
-    W1 = np.asfortranarray(params["W1"]) if dtype == np.float32 else params["W1"]
-    held = dict(params, W1=W1)
-    b1, w2, b2 = params["b1"], params["W2"][0], params["b2"]  # views: updating them updates params
-    X_b_buffer = np.empty((min(batch_size, n), X.shape[1]), dtype)
-    total = 0.0
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _check_loss
-            for start in range(0, n, batch_size):
-                batch = order[start:start + batch_size]
-                X_b = _gather_rows(X, batch, X_b_buffer[:len(batch)])
-                y_hat, (_, Z, H) = forward(held, X_b)
-                loss, dy_hat = mse_loss(y_hat, y[start:start + batch_size])
-                _check_loss(loss, epoch, lr, start_loss)
-                # backward() is linear in dy^: fed lr * dL/dy^, its gradients are the SGD steps lr * dL/dp
-                step_y = lr * dy_hat
-                step_Z = np.outer(step_y, w2) * (Z > 0)  # before w2 changes, as in backward()
-                w2 -= step_y @ H
-                b2 -= step_y.sum()
-                b1 -= step_Z.sum(axis=0)
-                _subtract_matmul(W1, step_Z.T, X_b)      # W1 -= step_Z.T @ X_b
-                total += loss * len(batch)
-    finally:  # also when training diverges: params then hold the steps taken so far, as in the lesson loop
-        if W1 is not params["W1"]:
-            params["W1"][...] = W1
-    return total / n
-
-
 def mirror_faces(X):
-    """Flip face rows left-right: column c of each 48x48 image becomes column 47 - c."""
+    """Flip face rows left-right: column c of each 48x48 image becomes column 47 - c (notebook 03 §6)."""
     return X.reshape(-1, *IMAGE_SHAPE)[:, :, ::-1].reshape(len(X), N_PIXELS)
 
 
+def _mean_std(X, chunk=4096):
+    """Per-column mean and standard deviation in float64, summed one chunk of rows at a time.
+
+    NumPy's X.std(axis=0, dtype=float64) would make a float64 copy of the whole set (~0.6 GB here).
+    """
+    mean = np.zeros(X.shape[1])
+    for start in range(0, len(X), chunk):
+        mean += X[start:start + chunk].sum(axis=0, dtype=np.float64)
+    mean /= len(X)
+    var = np.zeros(X.shape[1])
+    for start in range(0, len(X), chunk):
+        var += ((X[start:start + chunk] - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(var / len(X))
+
+
 def standardize_fit(X):
-    """Per-pixel mean and standard deviation of the training faces."""
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
+    """Per-pixel mean and standard deviation of the training faces, in their dtype (notebook 03 §2)."""
+    mean, std = _mean_std(X)
     return mean.astype(X.dtype), np.maximum(std, 1e-3).astype(X.dtype)
 
 
@@ -556,30 +561,37 @@ def _progress(epoch, epochs, train_loss, val_rmse, width=20):
     return f"epoch {epoch:3d}/{epochs} [{bar:<{width}}] train loss {train_loss:.4f}{val}"
 
 
-def train(X_train, y_train, X_val=None, y_val=None, n_hidden=64, lr=0.005, lr_decay=0.93,
-          batch_size=64, epochs=30, mirror=True, seed=0, dtype=np.float32, snapshot_every=None,
-          verbose=True) -> Model:
-    """Train the network with minibatch SGD and return a Model that predicts in years.
+def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"], lr=DEFAULTS["lr"],
+          lr_decay=DEFAULTS["lr_decay"], batch_size=DEFAULTS["batch_size"], epochs=DEFAULTS["epochs"],
+          mirror=DEFAULTS["mirror"], seed=DEFAULTS["seed"], dtype=np.float32, snapshot_every=None,
+          verbose=True, lesson=None) -> Model:
+    """Train the network with minibatch SGD and return a Model that predicts in years (notebook 03 §6).
 
     Inputs are standardised per pixel and targets scaled with training statistics; the loss
     in history is in those scaled units (1.0 = predicting the mean age). The learning rate of
     epoch e is lr * lr_decay**(e - 1): big steps early, small steps to settle. mirror=True also
     trains on every face flipped left-right (a mirrored face has the same age: twice the data for
     free). snapshot_every=k keeps a copy of W1 every k epochs (epoch 0 included) for the weight browser.
+    lesson: whose forward, mse_loss, backward, sgd_step and train_epoch train (and later predict):
+    this module's by default; fh.lesson_functions() hands in the notebooks' own.
     """
+    lesson = lesson or _this_module
     dtype = np.dtype(dtype)
     X_train = as_face_rows(X_train, "X_train")
     y_train = as_ages(y_train, len(X_train), "y_train")
     if mirror:
-        X_train = np.concatenate([X_train, mirror_faces(X_train)])
+        Xs = np.concatenate([X_train, mirror_faces(X_train)]).astype(dtype, copy=False)
         y_train = np.concatenate([y_train, y_train])
-    x_mean, x_std = standardize_fit(X_train)
+    else:
+        Xs = X_train.astype(dtype)  # a copy: it is standardised in place below
+    x_mean, x_std = standardize_fit(Xs)
+    Xs -= x_mean  # in place: the standardised faces are the only whole-set copy training keeps
+    Xs /= x_std
     y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
-    Xs = ((X_train - x_mean) / x_std).astype(dtype, copy=False)  # converted once, not per batch
     ys = ((y_train - y_mean) / y_std).astype(dtype)
     model = Model(init_params(n_hidden, seed=seed, dtype=dtype), x_mean, x_std, y_mean, y_std,
                   settings=dict(n_hidden=n_hidden, lr=lr, lr_decay=lr_decay, batch_size=batch_size, epochs=epochs,
-                                mirror=mirror, seed=seed, dtype=dtype.name))
+                                mirror=mirror, seed=seed, dtype=dtype.name), lesson=lesson)
     has_val = X_val is not None
     if has_val:
         X_val = as_face_rows(X_val, "X_val")
@@ -588,11 +600,13 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=64, lr=0.005, lr_de
     if snapshot_every:
         history["W1_epochs"], history["W1_snapshots"] = [0], [model.params["W1"].copy()]
     rng = np.random.default_rng(seed)
-    start_loss = mse_loss(forward(model.params, Xs[:1024])[0], ys[:1024])[0]
+    start_loss = lesson.mse_loss(lesson.forward(model.params, Xs[:1024])[0], ys[:1024])[0]
     live = verbose and sys.stdout.isatty()
     for epoch in range(1, epochs + 1):
         epoch_lr = lr * lr_decay ** (epoch - 1)
-        train_loss = train_epoch(model.params, Xs, ys, epoch_lr, batch_size, rng, epoch, start_loss)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by _check_loss
+            train_loss = lesson.train_epoch(model.params, Xs, ys, epoch_lr, batch_size, rng)
+        _check_loss(train_loss, epoch, epoch_lr, start_loss)
         history["epoch"].append(epoch)
         history["train_loss"].append(train_loss)
         val_rmse = None
@@ -615,14 +629,73 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=64, lr=0.005, lr_de
     return model
 
 
-def predict(model: Model, X, batch_size=4096):
-    """Predicted ages in years for faces X (uint8 or [0, 1] floats, (N, 48, 48) or (N, 2304))."""
+# Whose code trains: the exercises of notebooks 02 and 03 define these functions (the classroom edition
+# ships the exercises without answers, so there the student's own code is what trains).
+LESSON_FUNCTIONS = {"forward": "02", "mse_loss": "02", "backward": "02", "sgd_step": "03", "train_epoch": "03"}
+
+
+def lesson_functions(folder=None, verbose=True):
+    """Your own forward, mse_loss, backward (notebook 02) and sgd_step, train_epoch (notebook 03), for
+    fh.train(..., lesson=...) (notebook 03 §5): read from the saved notebooks, so save them first.
+
+    From each notebook, the code cells that define one of these functions are run (their imports
+    and defs only) in a fresh namespace holding np and fh. folder: where the notebooks are (default:
+    the current folder if it holds them, else notebooks/ beside this module).
+    """
+    import ast
+    import types
+    folders = [Path(folder)] if folder is not None else [Path.cwd(), HERE / "notebooks", HERE]
+    namespace = {"np": np, "fh": _this_module}
+    found = {}
+    for number in sorted(set(LESSON_FUNCTIONS.values())):
+        paths = [p for f in folders for p in sorted(f.glob(f"{number}_*.ipynb"))]
+        if not paths:
+            raise FileNotFoundError(f"notebook {number} (e.g. {number}_....ipynb) is not in "
+                                    f"{' or '.join(map(str, folders))}: lesson_functions reads your functions from it.")
+        cells = json.loads(paths[0].read_text(encoding="utf-8"))["cells"]
+        for cell in cells:
+            if cell["cell_type"] != "code":
+                continue
+            try:
+                tree = ast.parse("".join(cell["source"]))
+            except SyntaxError:
+                continue  # IPython magics or a cell being edited: it defines none of the functions
+            defs = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+            if not defs & {name for name, nb in LESSON_FUNCTIONS.items() if nb == number}:
+                continue
+            keep = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.Import, ast.ImportFrom))]
+            exec(compile(ast.Module(keep, type_ignores=[]), str(paths[0]), "exec"), namespace)
+            found.update(dict.fromkeys(defs & set(LESSON_FUNCTIONS), paths[0].name))
+    missing = [name for name in LESSON_FUNCTIONS if name not in found]
+    if missing:
+        raise NameError(f"no `def {missing[0]}` found in notebook {LESSON_FUNCTIONS[missing[0]]}: write the "
+                        f"exercise there, save the notebook, and run this cell again.")
+    lesson = types.SimpleNamespace(**{name: namespace[name] for name in LESSON_FUNCTIONS})
+    if verbose:
+        print("Training runs your own code: " + "; ".join(
+            f"{', '.join(n for n in LESSON_FUNCTIONS if found[n] == nb)} from {nb}" for nb in dict.fromkeys(found.values())))
+    return lesson
+
+
+def _forward_in_chunks(model, X, batch_size=4096):
+    """The model's forward on faces X standardised as in training, in chunks to bound memory.
+
+    Yields (rows, y_hat, H) per chunk: predict keeps y_hat, hidden_activations keeps H.
+    """
     X = as_face_rows(X)
     dtype = model.params["W1"].dtype
+    for start in range(0, len(X), batch_size):
+        rows = slice(start, start + batch_size)
+        Xs = ((X[rows] - model.x_mean) / model.x_std).astype(dtype, copy=False)
+        y_hat, (_, _, H) = model.lesson.forward(model.params, Xs)
+        yield rows, y_hat, H
+
+
+def predict(model: Model, X):
+    """Predicted ages in years for faces X (uint8 or [0, 1] floats, (N, 48, 48) or (N, 2304)) (notebook 03 §9)."""
     out = np.empty(len(X))
-    for start in range(0, len(X), batch_size):  # in chunks to bound memory on big sets
-        Xs = ((X[start:start + batch_size] - model.x_mean) / model.x_std).astype(dtype, copy=False)
-        out[start:start + batch_size] = forward(model.params, Xs)[0]
+    for rows, y_hat, _ in _forward_in_chunks(model, X):
+        out[rows] = y_hat
     return out * model.y_std + model.y_mean
 
 
@@ -654,84 +727,6 @@ def load_model(path) -> Model:
     return model
 
 
-# -----------------------------------------------------------------------------
-# W1's SGD step inside its matrix product
-# -----------------------------------------------------------------------------
-# BLAS computes C <- alpha A B + beta C. With beta = 1 the step W1 -= dZ^T X_b happens inside the
-# product, which saves a pass over W1 per SGD step. NumPy's matmul always has beta = 0, so
-# train_epoch calls the gemm of the OpenBLAS that NumPy's wheels bundle, through ctypes. Where there
-# is none (e.g. NumPy built on Apple's Accelerate), _subtract_matmul does the same in NumPy.
-
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS constants
-
-
-def _wheel_openblas_files():
-    """The OpenBLAS libraries NumPy's wheel ships beside it; [] for NumPy built on another BLAS."""
-    numpy_dir = Path(np.__file__).resolve().parent
-    return sorted([*(numpy_dir.parent / "numpy.libs").glob("*openblas*"),  # Linux, Windows
-                   *(numpy_dir / ".dylibs").glob("*openblas*")])               # macOS on Intel
-
-
-def _bundled_gemm():
-    """{dtype: cblas_?gemm} from the OpenBLAS in NumPy's wheel, checked on a small product; {} if none."""
-    for library in _wheel_openblas_files():
-        try:
-            blas = ctypes.CDLL(str(library))  # already loaded by NumPy: the same library and threads
-        except OSError:
-            continue
-        for suffix, c_int in (("64_", ctypes.c_int64), ("", ctypes.c_int)):  # 64- or 32-bit integer builds
-            names = {np.dtype(np.float32): ("scipy_cblas_sgemm" + suffix, ctypes.c_float),
-                     np.dtype(np.float64): ("scipy_cblas_dgemm" + suffix, ctypes.c_double)}
-            if not all(hasattr(blas, name) for name, _ in names.values()):
-                continue
-            gemms = {}
-            for dtype, (name, c_real) in names.items():
-                gemms[dtype] = gemm = getattr(blas, name)
-                gemm.restype = None
-                # (order, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
-                gemm.argtypes = ([ctypes.c_int] * 3 + [c_int] * 3 + [c_real, ctypes.c_void_p, c_int] +
-                                 [ctypes.c_void_p, c_int, c_real, ctypes.c_void_p, c_int])
-            if all(_gemm_agrees_with_numpy(gemm, dtype) for dtype, gemm in gemms.items()):
-                return gemms
-    return {}
-
-
-def _gemm_agrees_with_numpy(gemm, dtype):
-    """Whether gemm, called as _subtract_matmul calls it, gives NumPy's answer on a small product."""
-    rng = np.random.default_rng(0)
-    A, B, C = (rng.standard_normal(shape).astype(dtype) for shape in ((3, 5), (4, 3), (5, 4)))
-    expected = C - A.T @ B.T
-    _subtract_matmul(C, A.T, B.T, gemm)
-    return np.allclose(C, expected, rtol=1e-4, atol=1e-5)
-
-
-def _blas_operand(M):
-    """(transpose flag, data pointer, leading dimension) of 2-D M for a row-major gemm, or None."""
-    if M.flags.c_contiguous:
-        return _NO_TRANS, M.ctypes.data, max(1, M.shape[1])
-    if M.flags.f_contiguous:  # M.T is row-major
-        return _TRANS, M.ctypes.data, max(1, M.shape[0])
-    return None
-
-
-def _subtract_matmul(C, A, B, gemm=None):
-    """C -= A @ B in place (A and B must not share memory with C): one gemm call with beta = 1
-    where possible, else NumPy."""
-    if C.flags.f_contiguous and not C.flags.c_contiguous:
-        C, A, B = C.T, B.T, A.T  # the same update, transposed: C.T -= B.T @ A.T, with C.T row-major
-    gemm = gemm or _GEMM.get(C.dtype)
-    a, b = _blas_operand(A), _blas_operand(B)
-    if gemm is None or a is None or b is None or not C.flags.c_contiguous or not C.dtype == A.dtype == B.dtype:
-        C -= A @ B
-        return
-    (m, k), n = A.shape, B.shape[1]
-    assert C.shape == (m, n) and B.shape[0] == k, "shapes do not match"
-    gemm(_ROW_MAJOR, a[0], b[0], m, n, k, -1.0, a[1], a[2], b[1], b[2], 1.0, C.ctypes.data, max(1, n))
-
-
-_GEMM = _bundled_gemm()
-
-
 # =============================================================================
 # Evaluation
 # =============================================================================
@@ -743,13 +738,24 @@ def regression_metrics(y_true, y_pred) -> dict:
     return {"mse": mse, "rmse": mse ** 0.5, "mae": float(np.mean(np.abs(err)))}
 
 
-def fit_ridge(X, y, lam=100.0):
-    """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns predict(X)."""
-    X = np.asarray(X, dtype=np.float64)
-    x_mean, y_mean = X.mean(axis=0), float(np.mean(y))
-    Xc = X - x_mean
-    w = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ (y - y_mean))
-    return lambda Xnew: (np.asarray(Xnew, dtype=np.float64) - x_mean) @ w + y_mean
+def fit_ridge(X, y, lam=100.0, chunk=2048):
+    """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns predict(X) (notebook 01 §5).
+
+    Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set.
+    """
+    x_mean, y_mean = _mean_std(X, chunk)[0], float(np.mean(y))
+    yc = np.asarray(y, dtype=np.float64) - y_mean
+    gram, xty = lam * np.eye(X.shape[1]), np.zeros(X.shape[1])
+    for start in range(0, len(X), chunk):
+        Xc = X[start:start + chunk] - x_mean
+        gram += Xc.T @ Xc
+        xty += Xc.T @ yc[start:start + chunk]
+    w = np.linalg.solve(gram, xty)
+
+    def predict_ridge(X_new):
+        return np.concatenate([(X_new[start:start + chunk] - x_mean) @ w
+                               for start in range(0, len(X_new), chunk)]) + y_mean
+    return predict_ridge
 
 
 def baselines(data: FaceData, lam=100.0, return_predictions=False):
@@ -773,7 +779,7 @@ def format_metrics_table(rows: dict) -> str:
 
 
 # =============================================================================
-# Plots and widgets
+# Plots
 # =============================================================================
 
 def _plt():
@@ -823,8 +829,11 @@ def plot_learning_curves(history, ax=None, title="Learning curves"):
     return ax
 
 
-def plot_weight_grid(W1, n=30, ncols=10, title=None, units=None, size=1.3):
-    """First-layer weights as 48x48 images, each on a diverging map centred on zero; returns the figure."""
+def plot_weight_grid(W1, n=30, ncols=10, title=None, units=None, size=1.3, W2=None):
+    """First-layer weights as 48x48 images, each on a diverging map centred on zero (notebook 04 §2).
+
+    W2, if given, puts each unit's output weight in its panel title. Returns the figure.
+    """
     plt = _plt()
     units = list(range(min(n, len(W1)))) if units is None else list(units)
     nrows = int(np.ceil(len(units) / ncols))
@@ -832,10 +841,10 @@ def plot_weight_grid(W1, n=30, ncols=10, title=None, units=None, size=1.3):
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(units):
-            w = W1[units[k]]
-            lo, hi = weight_limits(w)
-            ax.imshow(w.reshape(IMAGE_SHAPE), cmap="RdBu_r", vmin=lo, vmax=hi)
-            ax.set_title(f"unit {units[k]}", fontsize=8)
+            j = units[k]
+            lo, hi = weight_limits(W1[j])
+            ax.imshow(weight_image(W1, j), cmap="RdBu_r", vmin=lo, vmax=hi)
+            ax.set_title(f"unit {j}" + (f"\nW2 {np.ravel(W2)[j]:+.2f}" if W2 is not None else ""), fontsize=8)
     fig.suptitle(title or f"First-layer weights W1, {len(units)} units as 48x48 images\n"
                  f"(red: positive, blue: negative; each image scaled to its own max |w|)", fontsize=10)
     fig.tight_layout()
@@ -849,7 +858,7 @@ def save_weight_images(W1, folder, n=30, scale=4):
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for j in range(min(n, len(W1))):
-        w = np.kron(W1[j].reshape(IMAGE_SHAPE), np.ones((scale, scale)))  # upscale, crisp pixels
+        w = np.kron(weight_image(W1, j), np.ones((scale, scale)))  # upscale, crisp pixels
         lo, hi = weight_limits(w)
         path = folder / f"weight_image_{j}.png"
         plt.imsave(path, w, cmap="RdBu_r", vmin=lo, vmax=hi)
@@ -860,25 +869,21 @@ def save_weight_images(W1, folder, n=30, scale=4):
     return paths + [folder / "weight_grid.png"]
 
 
-# -----------------------------------------------------------------------------
-# Widgets: the interactive weight browser of notebook 04
-# -----------------------------------------------------------------------------
+# =============================================================================
+# Weight browsers: the interactive widgets of notebook 04
+# =============================================================================
 # Each browser is a VBox(IntSlider, HTML caption, Output holding one PNG). Everything slow
 # (activations, rankings, colour limits, the figure itself) is done once when the browser is built;
 # a slider move only swaps new pictures and numbers into that figure and its PNG into the Output.
 
-AGE_GROUPS = (0, 10, 20, 30, 40, 50, 60, 70, 80)  # lower edges of the unit browser's age groups (80 = 80+)
 BROWSER_DPI = 80  # small PNGs: a redraw stays well under a second, and projects fine
 
 
-def hidden_activations(model, X, batch_size=4096):
-    """Hidden activations h = relu(W1 x + b1), shape (N, hidden), of faces X standardised as in training."""
-    X = as_face_rows(X)
-    W1 = model.params["W1"]
-    H = np.empty((len(X), len(W1)), dtype=W1.dtype)
-    for start in range(0, len(X), batch_size):  # in chunks, like predict, to bound memory
-        Xs = ((X[start:start + batch_size] - model.x_mean) / model.x_std).astype(W1.dtype, copy=False)
-        H[start:start + batch_size] = forward(model.params, Xs)[1][2]
+def hidden_activations(model, X):
+    """Hidden activations h = relu(W1 x + b1), shape (N, hidden), of faces X standardised as in training (notebook 04 §3)."""
+    H = np.empty((len(X), len(model.params["W1"])), dtype=model.params["W1"].dtype)
+    for rows, _, H_rows in _forward_in_chunks(model, X):
+        H[rows] = H_rows
     return H
 
 
@@ -942,77 +947,85 @@ def _browser(slider, draw, summary):
     return WeightBrowser([slider, caption, output])
 
 
-def _unit_view(model, X_faces, ages, top_k):
-    """Precompute what a unit's view shows; return draw(j, prefix="") -> figure and describe(j) -> text.
-
-    The view: the unit's weights W1[j] as an image, its top_k most exciting faces, and its mean
-    activation per age group (which ages switch it on).
-    """
+def _unit_stats(model, X_faces, ages, top_k):
+    """What the unit browsers show of each unit, computed once: its top_k most exciting faces and
+    its mean activation per age band, on one scale for all units."""
     X = as_face_rows(X_faces, "X_faces")
     ages = as_ages(ages, len(X), "ages")
     if not 1 <= top_k <= len(X):
         raise ValueError(f"top_k must be between 1 and the number of faces ({len(X)}), got {top_k}.")
-    W1 = model.params["W1"]
     H = hidden_activations(model, X)
-    top = np.argsort(-H, axis=0, kind="stable")[:top_k].T           # (hidden, top_k), most exciting first
-    group = np.searchsorted(AGE_GROUPS, ages, side="right") - 1      # age group of every face
-    mean_h = np.stack([H[group == g].mean(axis=0) if np.any(group == g) else np.zeros(len(W1))
-                       for g in range(len(AGE_GROUPS))], axis=1)       # (hidden, groups)
-    labels = [f"{a}-{b - 1}" for a, b in zip(AGE_GROUPS, AGE_GROUPS[1:])] + [f"{AGE_GROUPS[-1]}+"]
+    band = age_band(ages)
+    mean_h = np.stack([H[band == b].mean(axis=0) if np.any(band == b) else np.zeros(H.shape[1])
+                       for b in range(len(AGE_BANDS))], axis=1)  # (hidden, bands)
+    return dict(X=X, ages=ages, top=np.argsort(-H, axis=0, kind="stable")[:top_k].T,  # (hidden, top_k)
+                mean_h=mean_h, h_max=max(float(mean_h.max()), 1e-6), never_active=H.max(axis=0) <= 0,
+                W1=model.params["W1"], W2=model.params["W2"][0])
+
+
+def _pushes(w2, negligible):
+    """Which way unit j moves the predicted age: up, down, or hardly at all (|W2| negligible)."""
+    return "hardly at all" if abs(w2) < negligible else "up" if w2 > 0 else "down"
+
+
+def _unit_figure(top_k):
+    """The unit browsers' figure, built once: weight image, top_k faces, bars by age band; returns (fig, parts)."""
     ncols = int(np.ceil(top_k / 2))
-    never_active = H.max(axis=0) <= 0
-
-    def direction(j):
-        w = model.params["W2"][0, j]
-        return "up" if w > 0 else "down" if w < 0 else "neither up nor down"
-
-    # One figure, built once; draw(j) only swaps in unit j's pictures, numbers and texts.
     fig = _figure(10, 3.3)
     outer = fig.add_gridspec(1, 3, width_ratios=[1.1, 0.62 * ncols, 1.9], wspace=0.18,
                              left=0.01, right=0.99, top=0.74, bottom=0.2)
     ax_w = fig.add_subplot(outer[0])
     ax_w.axis("off")
-    weights = ax_w.imshow(np.zeros(IMAGE_SHAPE), cmap="RdBu_r")
     faces = outer[1].subgridspec(2, ncols, hspace=0.3, wspace=0.05)
     face_axes = [fig.add_subplot(faces[k // ncols, k % ncols]) for k in range(2 * ncols)]
     for ax in face_axes:
         ax.axis("off")
-    face_images = [ax.imshow(np.zeros(IMAGE_SHAPE), cmap="gray", vmin=0, vmax=1) for ax in face_axes[:top_k]]
     box = outer[1].get_position(fig)
-    faces_heading = fig.text((box.x0 + box.x1) / 2, 0.84, "", ha="center", fontsize=9)
     ax_h = fig.add_subplot(outer[2])
-    bars = ax_h.bar(range(len(labels)), np.zeros(len(labels)))
-    ax_h.set_xticks(range(len(labels)), labels, fontsize=7, rotation=45)
+    ax_h.set_xticks(range(len(AGE_BANDS)), AGE_BAND_NAMES, fontsize=7, rotation=45)
     ax_h.tick_params(axis="y", labelsize=7)
-    ax_h.set_xlabel("age group (years)", fontsize=8)
-    ax_h.set_title("which ages switch it on", fontsize=9)
-    heading = fig.suptitle("", fontsize=11, x=0.01, y=0.99, ha="left", va="top")
+    ax_h.set_xlabel("age band (years)", fontsize=8)
+    ax_h.set_title("which ages switch it on (one scale for all units)", fontsize=9)
+    parts = dict(
+        ax_w=ax_w, weights=ax_w.imshow(np.zeros(IMAGE_SHAPE), cmap="RdBu_r"), face_axes=face_axes[:top_k],
+        faces=[ax.imshow(np.zeros(IMAGE_SHAPE), cmap="gray", vmin=0, vmax=1) for ax in face_axes[:top_k]],
+        faces_heading=fig.text((box.x0 + box.x1) / 2, 0.84, "", ha="center", fontsize=9),
+        ax_h=ax_h, bars=ax_h.bar(range(len(AGE_BANDS)), np.zeros(len(AGE_BANDS))),
+        heading=fig.suptitle("", fontsize=11, x=0.01, y=0.99, ha="left", va="top"))
+    return fig, parts
+
+
+def _unit_view(model, X_faces, ages, top_k):
+    """draw(j, prefix="") -> unit j's figure and describe(j) -> one line about it, for the unit browsers."""
+    st = _unit_stats(model, X_faces, ages, top_k)
+    fig, parts = _unit_figure(top_k)
+    parts["ax_h"].set_ylim(0, 1.05 * st["h_max"])
+    negligible = 0.05 * float(np.max(np.abs(st["W2"])))  # |W2| below this barely moves the prediction
 
     def draw(j, prefix=""):
-        weights.set_data(W1[j].reshape(IMAGE_SHAPE))
-        weights.set_clim(*weight_limits(W1[j]))
-        ax_w.set_title(f"weights W1[{j}] as 48x48\n(red +, blue -)", fontsize=9)
-        for k, image in enumerate(face_images):
-            n = top[j, k]
-            image.set_data(X[n].reshape(IMAGE_SHAPE))
-            face_axes[k].set_title(f"{ages[n]:.0f} y", fontsize=8, pad=2)
-        faces_heading.set_text(f"the {top_k} faces with the largest h_{j}"
-                               + (" (none: h is 0 on every face)" if never_active[j] else ""))
-        colour = "tab:red" if model.params["W2"][0, j] > 0 else "tab:blue"
-        for bar, height in zip(bars, mean_h[j]):
+        w2 = st["W2"][j]
+        parts["weights"].set_data(weight_image(st["W1"], j))
+        parts["weights"].set_clim(*weight_limits(st["W1"][j]))
+        parts["ax_w"].set_title(f"weights W1[{j}] as 48x48\n(red +, blue -)", fontsize=9)
+        for k, image in enumerate(parts["faces"]):
+            n = st["top"][j, k]
+            image.set_data(st["X"][n].reshape(IMAGE_SHAPE))
+            parts["face_axes"][k].set_title(f"{st['ages'][n]:.0f} y", fontsize=8, pad=2)
+        parts["faces_heading"].set_text(f"the {top_k} faces with the largest h_{j}"
+                                         + (" (none: h is 0 on every face)" if st["never_active"][j] else ""))
+        colour = "tab:gray" if abs(w2) < negligible else "tab:red" if w2 > 0 else "tab:blue"
+        for bar, height in zip(parts["bars"], st["mean_h"][j]):
             bar.set_height(height)
             bar.set_color(colour)
-        ax_h.set_ylim(0, 1.05 * max(float(mean_h[j].max()), 1e-6))
-        ax_h.set_ylabel(f"mean h_{j}", fontsize=8)
-        heading.set_text(f"{prefix}unit {j}: W2 = {model.params['W2'][0, j]:+.3f}, pushes the predicted age "
-                         f"{direction(j)}")
+        parts["ax_h"].set_ylabel(f"mean h_{j}", fontsize=8)
+        parts["heading"].set_text(f"{prefix}unit {j}: W2 = {w2:+.3f}, pushes the predicted age "
+                                  f"{_pushes(w2, negligible)}")
         return fig
 
     def describe(j):
-        faces = ("it is zero on every face (a dead ReLU)" if never_active[j] else
-                 f"its {top_k} most exciting faces are {ages[top[j]].mean():.0f} years old on average")
-        return (f"output weight W2 = {model.params['W2'][0, j]:+.3f}, pushes the predicted age "
-                f"{direction(j)}; {faces}")
+        faces = ("it is zero on every face (a dead ReLU)" if st["never_active"][j] else
+                 f"its {top_k} most exciting faces are {st['ages'][st['top'][j]].mean():.0f} years old on average")
+        return f"output weight W2 = {st['W2'][j]:+.3f}, pushes the predicted age {_pushes(st['W2'][j], negligible)}; {faces}"
 
     return draw, describe
 
@@ -1100,7 +1113,7 @@ def epoch_browser(history, units=(0, 1, 2, 3, 4, 5, 6, 7), ncols=4):
             caption = f"epoch {epoch} of {epochs[-1]}" + (
                 f": validation RMSE {val_rmse[epoch]:.2f} years" if epoch in val_rmse else "")
         for u, image in zip(units, images):
-            image.set_data(snapshots[s][u].reshape(IMAGE_SHAPE))
+            image.set_data(weight_image(snapshots[s], u))
         heading.set_text(f"W1 after epoch {epoch} (red +, blue -; one colour scale per unit)")
         return caption, fig
 
@@ -1121,7 +1134,7 @@ class ExerciseCheckError(AssertionError):
 
 
 CHECK_TOL = 1e-6  # rel_error below which your array counts as equal to the reference
-_ref = sys.modules[__name__]  # this module: check_x(x) parameters shadow the reference x
+_ref = _this_module  # check_x(x) parameters shadow the reference x
 
 
 def _run(name, fn, *args, hint=""):
@@ -1537,22 +1550,23 @@ def check_weight_image(weight_image):
 # Command line
 # =============================================================================
 
-DEFAULTS = dict(n_hidden=64, lr=0.005, lr_decay=0.93, batch_size=64, epochs=30, seed=0, val_fraction=0.15)
-
 
 def _cmd_train(args):
     t0 = time.perf_counter()
     data = load_data(args.data)
     print(data.summary())
+    baseline_rows = baselines(data)  # ridge needs the whole training split: fit it before training
     X_train, y_train, X_val, y_val = train_val_split(data.Xtr, data.ytr, args.val_fraction, args.seed)
+    X_test, y_test = data.Xte, data.yte
+    del data  # the split holds the training faces now; dropping the original keeps the peak near 0.5 GB
     print(f"training on {len(X_train)} faces, validating on {len(X_val)}: hidden={args.hidden} "
           f"lr={args.lr:g} (x{args.lr_decay:g} per epoch) batch={args.batch_size} epochs={args.epochs} mirror={args.mirror} seed={args.seed} dtype={args.dtype}")
     model = train(X_train, y_train, X_val, y_val, n_hidden=args.hidden, lr=args.lr, lr_decay=args.lr_decay,
                   mirror=args.mirror, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, dtype=args.dtype)
     rows = {f"network ({split})": regression_metrics(y, predict(model, X))
             for split, X, y in (("train", X_train, y_train), ("validation", X_val, y_val),
-                                ("test", data.Xte, data.yte))}
-    rows.update({f"baseline: {k} (test)": v for k, v in baselines(data).items()})
+                                ("test", X_test, y_test))}
+    rows.update({f"baseline: {k} (test)": v for k, v in baseline_rows.items()})
     print(format_metrics_table(rows))
     out = Path(args.out)
     paths = save_weight_images(model.params["W1"], out / "weight_images")

@@ -1,4 +1,7 @@
 """Training: SGD lowers the loss, recovers a known function, is reproducible, and stops clearly on divergence."""
+import json
+import sys
+
 import numpy as np
 import pytest
 
@@ -105,121 +108,97 @@ def test_predict_rejects_wrong_shapes_clearly():
         fh.predict(model, np.zeros((5, 100)))
 
 
+class Counted:
+    """The module's lesson functions, each counting its calls."""
 
-def lesson_epoch(params, X, y, lr, batch_size, rng):
-    """The loop as notebook 03 writes it: forward, mse_loss, backward, sgd_step per batch."""
-    order = rng.permutation(len(X))
-    losses = []
-    for start in range(0, len(X), batch_size):
-        batch = order[start:start + batch_size]
-        y_hat, cache = fh.forward(params, X[batch])
-        loss, dy_hat = fh.mse_loss(y_hat, y[batch])
-        fh.sgd_step(params, fh.backward(params, cache, dy_hat), lr)
-        losses.append(loss * len(batch))
-    return sum(losses) / len(X)
+    def __init__(self, monkeypatch=None):
+        self.calls = dict.fromkeys(fh.LESSON_FUNCTIONS, 0)
+        for name in self.calls:
+            original = getattr(fh, name)
 
-
-def test_train_epoch_is_the_lesson_loop_up_to_rounding():
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((70, 2304)), rng.standard_normal(70)
-    fast, slow = fh.init_params(6, dtype=np.float64), fh.init_params(6, dtype=np.float64)
-    for seed in (1, 2):  # two epochs; batches of 16, 16, 16, 16 and a partial one of 6
-        loss_fast = fh.train_epoch(fast, X, y, 0.01, 16, np.random.default_rng(seed))
-        loss_slow = lesson_epoch(slow, X, y, 0.01, 16, np.random.default_rng(seed))
-        assert abs(loss_fast - loss_slow) < 1e-12 * abs(loss_slow)
-    for name in slow:
-        assert fh.rel_error(fast[name], slow[name]) < 1e-12, name
+            def counted(*args, _name=name, _original=original):
+                self.calls[_name] += 1
+                return _original(*args)
+            setattr(self, name, counted)
+            if monkeypatch is not None:
+                monkeypatch.setattr(fh, name, counted)
 
 
-def test_float32_training_stays_float32_whatever_the_data_dtype():
-    rng = np.random.default_rng(0)
-    X64, y64 = rng.standard_normal((40, 2304)), rng.standard_normal(40)
-    reference = fh.init_params(4)  # float32
-    fh.train_epoch(reference, X64.astype(np.float32), y64.astype(np.float32), 0.01, 16, np.random.default_rng(1))
-    params = fh.init_params(4)
-    fh.train_epoch(params, X64, y64, np.float64(0.01), 16, np.random.default_rng(1))  # float64 data, numpy lr
-    for name, p in params.items():
-        assert p.dtype == np.float32, name
-        np.testing.assert_array_equal(p, reference[name])  # batches converted to float32, the same arithmetic
+def test_train_runs_the_lesson_functions_for_every_minibatch(monkeypatch):
+    counted = Counted(monkeypatch)  # patched into the module: fh.train_epoch looks them up there
+    X, y = teacher_problem(70)
+    fh.train(X, y, n_hidden=4, batch_size=16, epochs=2, mirror=False, verbose=False)
+    batches = 2 * 5  # 2 epochs of batches of 16, 16, 16, 16 and 6
+    assert counted.calls == {"forward": batches + 1, "mse_loss": batches + 1,  # + the starting loss
+                             "backward": batches, "sgd_step": batches, "train_epoch": 2}
 
 
-def test_train_epoch_updates_the_callers_arrays_and_leaves_W1_row_major():
+def test_the_module_has_one_loop_and_no_calls_into_c():
+    source = open(fh.__file__, encoding="utf-8").read()
+    assert "ctypes" not in source and "ctypes" not in sys.modules.get("faceage_helpers").__dict__
+    assert source.count("for start in range(0, N, batch_size)") == 1  # the lesson loop, once
+
+
+def test_train_and_predict_run_the_lesson_it_is_given():
+    lesson = Counted()  # not patched into the module: only train(..., lesson=lesson) can call it
+    X, y = teacher_problem(40)
+    model = fh.train(X, y, n_hidden=3, batch_size=20, epochs=1, mirror=False, verbose=False, lesson=lesson)
+    assert lesson.calls["train_epoch"] == 1 and lesson.calls["forward"] == 1 and model.lesson is lesson
+    before = lesson.calls["forward"]
+    fh.predict(model, X[:5])
+    assert lesson.calls["forward"] == before + 1
+
+
+def test_train_epoch_updates_the_callers_arrays_and_keeps_float32():
     X, age = teacher_problem(50)
     params = fh.init_params(5)
     arrays = dict(params)
-    fh.train_epoch(params, X, (age - age.mean()) / age.std(), 0.01, 16, np.random.default_rng(0))
+    loss = fh.train_epoch(params, X, ((age - age.mean()) / age.std()).astype(np.float32), 0.01, 16,
+                          np.random.default_rng(0))
     for name, p in params.items():
-        assert p is arrays[name], name
-    assert params["W1"].flags.c_contiguous
+        assert p is arrays[name] and p.dtype == np.float32, name
+    assert np.isfinite(loss)
 
 
-def test_the_blas_fast_path_and_the_numpy_fallback_train_alike(monkeypatch):
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((70, 2304)).astype(np.float32), rng.standard_normal(70).astype(np.float32)
-    fast, slow = fh.init_params(6), fh.init_params(6)
-    fh.train_epoch(fast, X, y, 0.01, 16, np.random.default_rng(1))
-    monkeypatch.setattr(fh, "_GEMM", {})  # as where NumPy's BLAS cannot be reached
-    fh.train_epoch(slow, X, y, 0.01, 16, np.random.default_rng(1))
-    for name in slow:
-        assert fh.rel_error(fast[name], slow[name]) < 1e-6, name  # float32 roundoff at most
+def test_the_epoch_loss_weights_each_batch_by_its_size():
+    X, age = teacher_problem(40)
+    y = ((age - age.mean()) / age.std()).astype(np.float32)
+    params, rng = fh.init_params(3), np.random.default_rng(0)
+    start = {k: v.copy() for k, v in params.items()}
+    loss = fh.train_epoch(params, X, y, 0.0, 32, rng)  # lr 0: the loss of the start, in batches of 32 and 8
+    assert loss == pytest.approx(fh.mse_loss(fh.forward(start, X)[0], y)[0], rel=1e-5)
 
 
-def test_a_diverging_epoch_still_writes_back_the_steps_it_took():
-    X, age = teacher_problem(64)
-    params = fh.init_params(4)
-    W1_start = params["W1"].copy()
-    with pytest.raises(fh.TrainingDiverged, match="epoch 1"):  # a first step far too big, then the loss explodes
-        fh.train_epoch(params, X, (age - age.mean()) / age.std(), 1e3, 16, np.random.default_rng(0))
-    assert not np.array_equal(params["W1"], W1_start)  # the steps taken on the epoch's copy of W1 are kept
+def test_standardize_fit_matches_numpy_without_a_float64_copy():
+    X = np.random.default_rng(0).random((5000, 2304), dtype=np.float32)  # more rows than one chunk
+    mean, std = fh.standardize_fit(X)
+    assert mean.dtype == std.dtype == np.float32
+    np.testing.assert_allclose(mean, X.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(std, X.std(axis=0, dtype=np.float64), rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-14)])
-@pytest.mark.parametrize("orders", ["CCC", "CCF", "CFC", "CFF", "FCC", "FCF", "FFC", "FFF"])  # C, A, B
-@pytest.mark.parametrize("gemm", ["bundled BLAS", "NumPy fallback"])
-def test_subtract_matmul_is_c_minus_a_at_b_in_place(monkeypatch, dtype, tol, orders, gemm):
-    if gemm == "NumPy fallback":
-        monkeypatch.setattr(fh, "_GEMM", {})
-    rng = np.random.default_rng(0)
-    A = np.asarray(rng.standard_normal((7, 3)), dtype, order=orders[1])
-    B = np.asarray(rng.standard_normal((3, 5)), dtype, order=orders[2])
-    C = np.asarray(rng.standard_normal((7, 5)), dtype, order=orders[0])
-    expected, C_array = C - A @ B, C
-    fh._subtract_matmul(C, A, B)
-    assert C is C_array
-    assert fh.rel_error(C, expected) < tol
+def write_notebook(path, *sources):
+    nb = {"cells": [{"cell_type": "code", "source": src, "metadata": {}, "outputs": [], "execution_count": None}
+                    for src in sources], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
 
 
-def test_subtract_matmul_falls_back_for_strided_or_mixed_inputs():
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((7, 6)).astype(np.float32)[:, ::2]  # neither C- nor F-contiguous
-    B, C = rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((7, 5)).astype(np.float32)
-    expected = C - A @ B
-    fh._subtract_matmul(C, A, B)
-    assert fh.rel_error(C, expected) < 1e-6
-    C64 = rng.standard_normal((7, 5))
-    expected = C64 - A @ B
-    fh._subtract_matmul(C64, A, B)  # float32 operands, float64 C
-    assert fh.rel_error(C64, expected) < 1e-6
+def test_lesson_functions_reads_the_notebooks_defs(tmp_path, capsys):
+    write_notebook(tmp_path / "02_backprop.ipynb", "import numpy as np\nprint('not run')",
+                   "def relu(z):\n    return np.maximum(z, 0)\n\ndef forward(params, X):\n    return 'mine'",
+                   "def mse_loss(y_hat, y):\n    return 1.0, y_hat - y\nprint('not run either')",
+                   "%matplotlib inline", "def backward(params, cache, dy_hat):\n    return relu(dy_hat)")
+    write_notebook(tmp_path / "03_training.ipynb", "def sgd_step(params, grads, lr):\n    pass",
+                   "def train_epoch(params, X, y, lr, batch_size, rng):\n    return 0.5")
+    lesson = fh.lesson_functions(tmp_path)
+    assert capsys.readouterr().out == ("Training runs your own code: forward, mse_loss, backward from "
+                                       "02_backprop.ipynb; sgd_step, train_epoch from 03_training.ipynb\n")
+    assert lesson.forward(None, None) == "mine" and lesson.train_epoch(*[None] * 6) == 0.5
+    assert list(lesson.backward(None, None, np.array([-1.0, 2.0]))) == [0.0, 2.0]  # its helper came along
 
 
-def test_numpys_bundled_openblas_is_used_where_the_wheel_has_it():
-    if not fh._wheel_openblas_files():
-        pytest.skip("this NumPy has no bundled OpenBLAS (e.g. conda's or Apple's BLAS): train_epoch uses NumPy alone")
-    assert set(fh._GEMM) == {np.dtype(np.float32), np.dtype(np.float64)}
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_train_epoch_takes_every_W1_step_in_one_gemm_call(monkeypatch, dtype):
-    if not fh._GEMM:
-        pytest.skip("this NumPy has no bundled OpenBLAS: train_epoch uses NumPy alone")
-    calls = []
-    counted = {t: (lambda *args, gemm=gemm: calls.append(args[3:6]) or gemm(*args)) for t, gemm in fh._GEMM.items()}
-    monkeypatch.setattr(fh, "_GEMM", counted)
-    X, age = teacher_problem(70)
-    fh.train_epoch(fh.init_params(6, dtype=dtype), X, (age - age.mean()) / age.std(), 0.01, 16,
-                   np.random.default_rng(0))
-    batches = [16, 16, 16, 16, 6]
-    if dtype == np.float32:  # column-major W1: W1.T (2304, 6) -= X_b.T @ step_Z
-        assert calls == [(2304, 6, b) for b in batches]
-    else:                    # W1 as stored: W1 (6, 2304) -= step_Z.T @ X_b
-        assert calls == [(6, 2304, b) for b in batches]
+def test_lesson_functions_says_what_is_missing(tmp_path):
+    write_notebook(tmp_path / "02_backprop.ipynb", "def forward(params, X):\n    pass")
+    write_notebook(tmp_path / "03_training.ipynb", "x = 1")
+    with pytest.raises(NameError, match="no `def mse_loss` found in notebook 02"):
+        fh.lesson_functions(tmp_path)
