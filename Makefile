@@ -1,6 +1,6 @@
 # FaceAge. The two commands a newcomer needs:
 #   make lab    set up .venv, check for data.zip, open the walkthrough in JupyterLab
-#   make test   set up .venv and run every test: unit tests, strict nbval on the notebooks, browser tests
+#   make test   set up .venv and run every check: ruff, unit tests, strict nbval on the notebooks, browser tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,7 @@ lab: setup data-check
 # One BLAS thread: the notebooks' kernels, JupyterLab, Voila and Chromium share 2 cores, and
 # OpenBLAS threads that spin for a busy core slow training tenfold (results are the same either way).
 test: setup
+	$(VENV)/bin/ruff check .
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 
 # Re-run every notebook top to bottom in place, then strip its images (faces are never committed).

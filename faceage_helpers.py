@@ -23,10 +23,16 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
+import warnings
 import zipfile
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,8 +98,11 @@ def find_data(path=None) -> Path:
         if candidate.is_file():
             return candidate
         tried.append(f"  - {candidate} ({how})")
-        if how == "the path you gave":
-            break  # an explicit path that does not exist is an error, not a hint to look elsewhere
+        if how != "beside faceage_helpers.py":
+            # A path you named (argument or $FACEAGE_DATA) that does not exist is an error, not a hint
+            # to look elsewhere: a typo must not silently load some other data.zip.
+            tried[-1] += ": does not exist; fix the path" + (" or unset FACEAGE_DATA" if how[0] == "$" else "")
+            break
     raise DataError(
         "No data.zip found. Looked in:\n" + "\n".join(tried) + "\n"
         "Fix: put the course's data.zip at the repository root, or set FACEAGE_DATA=/path/to/data.zip, "
@@ -147,9 +156,71 @@ def age_band(ages) -> np.ndarray:
     return np.searchsorted(AGE_BANDS, np.asarray(ages), side="right") - 1
 
 
+# Bounds checked before anything is read: a small zip can declare gigabytes (UTKFace has 23,708 faces).
+MAX_FACES = 100_000
+MAX_META_ROW_BYTES = 1024  # a meta CSV row is about 50 bytes
+_DATA_FIX = "Fetch data.zip again, or rebuild it with `python faceage_helpers.py build-data`."
+
+
+def _open_zip(path: Path, fix: str) -> zipfile.ZipFile:
+    """Open a zip, refusing what zipfile accepts but FaceAge never writes: duplicate member names
+    (which copy counts is then a matter of chance) and password-protected members."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes), e.g. left by an interrupted copy. {fix}")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable zip file ({e}). {fix}") from None
+    duplicates = [name for name, count in Counter(zf.namelist()).items() if count > 1]
+    encrypted = [info.filename for info in zf.infolist() if info.flag_bits & 0x1]
+    if duplicates or encrypted:
+        zf.close()
+        problem = (f"holds more than one member named {duplicates[0]}" if duplicates
+                   else f"{encrypted[0]} is password-protected (encrypted)")
+        raise DataError(f"{path}: {problem}. {fix}")
+    return zf
+
+
+def _read_npy(zf: zipfile.ZipFile, member: str, path: Path, max_items: int, fix: str, kinds="uif") -> np.ndarray:
+    """One .npy member of a zip, refused unless its header's dtype and shape are plausible and agree
+    with the member's size in the zip's directory, all before memory is allocated for it."""
+    where = f"{path}: {member}"
+    info = zf.getinfo(member)
+    if info.file_size > 4096 + 8 * max_items:
+        raise DataError(f"{where} inflates to {info.file_size:,} bytes, far more than a FaceAge file holds. {fix}")
+    try:
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version} is not supported")
+            shape, _, dtype = read_header(f)
+            count = int(np.prod(shape, dtype=object))
+            if dtype.kind not in kinds or dtype.hasobject or (dtype.kind != "U" and dtype.itemsize > 8):
+                raise DataError(f"{where} holds {dtype} values, which a FaceAge file never does. {fix}")
+            if count > max_items or f.tell() + count * dtype.itemsize != info.file_size:
+                raise DataError(f"{where} declares shape {shape} ({count * dtype.itemsize:,} bytes) but holds "
+                                f"{info.file_size - f.tell():,} bytes: it is damaged or not a FaceAge file. {fix}")
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{where} is not a readable .npy array ({e}). {fix}") from None
+
+
 def _read_meta(zf: zipfile.ZipFile, member: str, n: int, path: Path) -> dict:
     """Read a meta CSV (age, gender, race, source) into a dict of arrays."""
-    rows = list(csv.DictReader(io.TextIOWrapper(zf.open(member), encoding="utf-8")))
+    size = zf.getinfo(member).file_size
+    if size > 4096 + MAX_META_ROW_BYTES * n:
+        raise DataError(f"{path}: {member} inflates to {size:,} bytes, far more than {n} rows of metadata "
+                        f"need. {_DATA_FIX}")
+    try:
+        with zf.open(member) as f:
+            rows = list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline="")))
+    except (ValueError, OSError, EOFError, csv.Error, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: {member} is not a readable CSV file ({e}). {_DATA_FIX}") from None
     if len(rows) != n:
         raise DataError(f"{path}: {member} has {len(rows)} rows but there are {n} faces.")
     meta = {}
@@ -157,7 +228,7 @@ def _read_meta(zf: zipfile.ZipFile, member: str, n: int, path: Path) -> dict:
         values = [r[column] for r in rows]
         try:
             meta[column] = np.array(values, dtype=np.int64)
-        except ValueError:
+        except (ValueError, TypeError, OverflowError):  # text (file names), or numbers too big for int64
             meta[column] = np.array(values)
     return meta
 
@@ -168,12 +239,7 @@ def load_data(path=None) -> FaceData:
     Faces come back as float32 rows of 2304 pixels in [0, 1]; ages as float64 years.
     """
     path = find_data(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path} is not a readable zip file ({e}). The download may be incomplete: "
-                        f"fetch data.zip again, or rebuild it with `python faceage_helpers.py build-data`.") from None
-    with zf:
+    with _open_zip(path, "The download may be incomplete: " + _DATA_FIX) as zf:
         names = set(zf.namelist())
         arrays = {}
         for key in ARRAY_NAMES:
@@ -182,10 +248,8 @@ def load_data(path=None) -> FaceData:
                 raise DataError(f"{path} has no {member}. A course data.zip holds "
                                 f"{', '.join(f'age_regression_{k}.npy' for k in ARRAY_NAMES)}; "
                                 f"this one holds: {', '.join(sorted(names)) or 'nothing'}.")
-            try:
-                arrays[key] = np.load(io.BytesIO(zf.read(member)), allow_pickle=False)
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-                raise DataError(f"{path}: {member} is not a readable .npy array ({e}).") from None
+            max_items = MAX_FACES * (N_PIXELS if key.startswith("X") else 1)
+            arrays[key] = _read_npy(zf, member, path, max_items, _DATA_FIX)
         Xtr = as_face_rows(arrays["Xtr"], f"{path.name}:age_regression_Xtr.npy")
         Xte = as_face_rows(arrays["Xte"], f"{path.name}:age_regression_Xte.npy")
         ytr = as_ages(arrays["ytr"], len(Xtr), f"{path.name}:age_regression_ytr.npy")
@@ -209,32 +273,153 @@ def train_val_split(X, y, val_fraction=DEFAULTS["val_fraction"], seed=DEFAULTS["
     return X[tr], y[tr], X[val], y[val]
 
 
-def _parse_utkface_name(name: str):
-    """UTKFace file names read age_gender_race_date.jpg; return (age, gender, race) or None."""
-    parts = Path(name).name.split("_")
+def _write_atomically(path: Path, write):
+    """Call write(f) on a temporary file beside path, then rename it over path (one step on every OS):
+    a Ctrl-C, a kill or a full disk leaves the previous file whole, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        age = int(parts[0])
-    except (ValueError, IndexError):
-        return None
-    fields = []
-    for part in parts[1:3]:
-        fields.append(int(part) if part.isdigit() else -1)
-    fields += [-1] * (2 - len(fields))
-    return age, fields[0], fields[1]
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+MAX_AGE = 116  # UTKFace's ages run from 1 to 116 years
+MAX_IMAGE_BYTES = 20 * 2**20  # UTKFace's images are 5-50 kB: a bigger "image" is not one of its faces
+MAX_IMAGE_PIXELS = 25_000_000  # larger images are skipped before decoding (decompression bombs)
+
+
+def _parse_utkface_name(name: str):
+    """UTKFace file names read age_gender_race_date.jpg; return (age, gender, race), -1 for unknown
+    gender or race. Raises ValueError saying why the name cannot be a UTKFace face's."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("file name is not valid UTF-8") from None
+    if not name.isprintable():
+        raise ValueError("control characters (e.g. a newline) in the file name")
+    parts = name.split("_")
+    if not re.fullmatch("[0-9]+", parts[0]) or len(parts) < 2:
+        raise ValueError("file name does not start with an age (age_gender_race_date.jpg)")
+    age = int(parts[0])
+    if not 1 <= age <= MAX_AGE:
+        raise ValueError(f"age outside 1-{MAX_AGE} years")
+    gender = int(parts[1]) if parts[1] in ("0", "1") else -1
+    race = int(parts[2]) if len(parts) > 2 and parts[2] in ("0", "1", "2", "3", "4") else -1
+    return age, gender, race
 
 
 def _iter_utkface_images(source: Path):
-    """Yield (file name, image bytes) for every .jpg in a UTKFace folder or .tar.gz archive."""
+    """Yield (file name, image bytes, None) for every .jpg in a UTKFace folder or .tar.gz archive, or
+    (file name, None, why it was skipped).
+
+    Only regular files are read (a FIFO would hang, a link to /dev/zero never ends), and an archive
+    is read to its end, where gzip verifies its checksum: a damaged download fails, never loses faces.
+    """
     if source.is_dir():
         for p in sorted(source.rglob("*.jpg")):
-            yield p.name, p.read_bytes()
-    elif tarfile.is_tarfile(source):
-        with tarfile.open(source) as tf:
-            for member in sorted(tf.getmembers(), key=lambda m: m.name):
-                if member.isfile() and member.name.endswith(".jpg"):
-                    yield Path(member.name).name, tf.extractfile(member).read()
-    else:
-        raise DataError(f"{source} is neither a folder nor a .tar.gz archive of UTKFace images.")
+            if not p.is_file():  # follows links: a link to a device is not a regular file
+                yield p.name, None, "not a regular file"
+            elif p.stat().st_size > MAX_IMAGE_BYTES:
+                yield p.name, None, f"larger than {MAX_IMAGE_BYTES // 2**20} MB"
+            else:
+                yield p.name, p.read_bytes(), None
+        return
+    try:
+        if not source.is_file():
+            raise tarfile.ReadError("not a regular file")
+        with tarfile.open(source, "r:*") as tf:
+            for member in tf:  # in archive order: one pass over the compressed stream
+                if not member.name.endswith(".jpg"):
+                    continue
+                name = Path(member.name).name
+                if not member.isfile():
+                    yield name, None, "not a regular file"
+                elif member.size > MAX_IMAGE_BYTES:
+                    yield name, None, f"larger than {MAX_IMAGE_BYTES // 2**20} MB"
+                else:
+                    yield name, tf.extractfile(member).read(), None
+            while tf.fileobj.read(2**20):  # past tar's end-of-archive blocks to gzip's checksum
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{source} is not a folder nor a readable .tar.gz archive of UTKFace images, or it is "
+                        f"damaged ({e}). Download UTKFace.tar.gz again, or pass its unpacked folder.") from None
+
+
+def _face_from_image(raw: bytes) -> np.ndarray:
+    """A 48x48 uint8 face from image bytes: grayscale, resized with Lanczos. Raises ValueError saying
+    why the image cannot be a face.
+
+    16-bit and floating-point images are scaled to 0-255 first: Pillow's own conversion to 8 bits
+    clips 16-bit pixels (a nearly white face) and truncates [0, 1] floats (a black one).
+    """
+    from PIL import Image  # Pillow comes with matplotlib; imported here to keep start-up fast
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"larger than {MAX_IMAGE_PIXELS // 10**6} megapixels")
+                if im.mode == "F" or im.mode.startswith("I"):
+                    pixels = np.asarray(im, dtype=np.float64)
+                    top = 1.0 if im.mode == "F" else 65535.0
+                    if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= top):
+                        raise ValueError(f"{im.mode} pixels outside 0-{top:g}")
+                    gray = Image.fromarray(np.round(pixels * (255 / top)).astype(np.uint8))
+                else:
+                    gray = im.convert("L")
+                return np.asarray(gray.resize(IMAGE_SHAPE[::-1], Image.LANCZOS), dtype=np.uint8)
+    except ValueError:
+        raise
+    except Exception as e:  # Pillow raises many kinds on a damaged file; one bad image must not stop the build
+        raise ValueError(f"not a readable image ({type(e).__name__})") from None
+
+
+def near_duplicate_groups(faces, threshold=0.97, chunk=1024) -> list:
+    """Groups of faces that show the same photograph (re-encoded, re-cropped or mirrored), as lists of
+    indices: centred pixel correlation above threshold, as they are or one of them mirrored (notebook 01).
+
+    Pairs join into groups through shared members. The correlations are computed chunk by chunk,
+    each pair once, so memory stays near one float32 copy of the faces.
+    """
+    X = np.asarray(faces, dtype=np.float32).reshape(len(faces), N_PIXELS)
+    X = X - X.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    X = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)  # a constant image matches nothing
+    parent = list(range(len(X)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(X), chunk):
+        C = X[start:start + chunk]
+        mirrored = C.reshape(-1, *IMAGE_SHAPE)[:, :, ::-1].reshape(len(C), N_PIXELS)
+        for block in (X[start:] @ C.T, X[start:] @ mirrored.T):  # rows from start on: each pair once
+            for a, b in zip(*np.nonzero(block > threshold)):
+                if a != b:  # row a of X[start:] and column b of the chunk are faces a + start, b + start
+                    parent[root(int(a) + start)] = root(int(b) + start)
+    groups = {}
+    for i in range(len(X)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(g for g in groups.values() if len(g) > 1)
+
+
+def _split_by_groups(n, groups, test_fraction, seed):
+    """Seeded (train, test) index arrays with each group of near-duplicates wholly in one split."""
+    grouped = {i for g in groups for i in g}
+    units = sorted(groups + [[i] for i in range(n) if i not in grouped])
+    n_test = max(1, int(round(n * test_fraction)))
+    train, test = [], []
+    for u in np.random.default_rng(seed).permutation(len(units)):  # without groups: the plain seeded split
+        (test if len(test) < n_test else train).extend(units[u])
+    return np.array(train, dtype=int), np.array(test, dtype=int)
 
 
 _DATA_README = """UTKFace at 48x48 grayscale, for age regression (built by faceage_helpers.py build-data)
@@ -244,7 +429,9 @@ meta_tr.csv, meta_te.csv: age, gender (0 male, 1 female, -1 unknown),
 race (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others, -1 unknown), source file name.
 
 Source: UTKFace (Zhang, Song and Qi, CVPR 2017). Each image converted to grayscale and resized to
-48x48 (Lanczos); exact duplicates merged, duplicates whose ages disagree dropped; seeded split.
+48x48 (Lanczos); exact duplicates merged, duplicates whose ages disagree dropped. Near-duplicates
+(the same photograph re-encoded, re-cropped or mirrored: centred pixel correlation above 0.97, as
+they are or mirrored) are kept, each group wholly in one split; the split is seeded.
 Licence: non-commercial research only; the images' copyright belongs to their owners.
 Never commit this file or anything made from it.
 """
@@ -253,27 +440,28 @@ Never commit this file or anything made from it.
 def build_data_zip(source, out="data.zip", test_fraction=0.19, seed=0) -> Path:
     """Build a course-layout data.zip from a UTKFace 'Aligned & Cropped' folder or .tar.gz.
 
-    Age, gender and race come from the file names; images become 48x48 grayscale (Lanczos).
+    Age, gender and race come from the file names; images become 48x48 grayscale (Lanczos). Files
+    that cannot be UTKFace faces are skipped and counted by reason; the same photograph never lies
+    in both splits (near_duplicate_groups). The zip is replaced whole or not at all.
     """
-    from PIL import Image  # Pillow comes with matplotlib; imported here to keep start-up fast
-
     source, out = Path(source), Path(out)
     if not source.exists():
         raise DataError(f"{source} does not exist. Download UTKFace's 'Aligned & Cropped Faces' "
                         f"(UTKFace.tar.gz) and pass the archive or its unpacked folder.")
-    by_hash = {}  # image hash -> [pixels, age, gender, race, source] ; None once ages disagree
-    skipped = []
-    for name, raw in _iter_utkface_images(source):
-        labels = _parse_utkface_name(name)
-        if labels is None:
-            skipped.append(name)
-            continue
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the zip file to write, e.g. --out {out / 'data.zip'}.")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}.")
+    found, skipped = [], {}  # skipped: reason -> names
+    for name, raw, reason in _iter_utkface_images(source):
         try:
-            with Image.open(io.BytesIO(raw)) as im:
-                face = np.asarray(im.convert("L").resize(IMAGE_SHAPE[::-1], Image.LANCZOS), dtype=np.uint8)
-        except OSError:
-            skipped.append(name)
-            continue
+            if reason:
+                raise ValueError(reason)
+            found.append((name, _face_from_image(raw), _parse_utkface_name(name)))
+        except ValueError as e:
+            skipped.setdefault(str(e), []).append(name)
+    by_hash = {}  # image hash -> [pixels, age, gender, race, source] ; None once ages disagree
+    for name, face, labels in sorted(found, key=lambda r: r[0]):  # by name: the same zip from folder or archive
         key = hashlib.sha1(face.tobytes()).hexdigest()
         if key in by_hash:
             if by_hash[key] is not None and by_hash[key][1] != labels[0]:
@@ -281,26 +469,39 @@ def build_data_zip(source, out="data.zip", test_fraction=0.19, seed=0) -> Path:
             continue
         by_hash[key] = [face, *labels, name]
     records = [r for r in by_hash.values() if r is not None]
+    n_skipped = sum(map(len, skipped.values()))
+    if n_skipped:
+        print(f"skipped {n_skipped} files that cannot be UTKFace faces:")
+        for reason, names in sorted(skipped.items(), key=lambda item: -len(item[1])):
+            print(f"  {len(names)}: {reason} (e.g. {names[0]!r})")
     if len(records) < 2:
         raise DataError(f"{source}: found {len(records)} usable UTKFace images (file names like "
                         f"'25_0_1_20170116174525125.jpg.chip.jpg'); need at least 2.")
-    order = np.random.default_rng(seed).permutation(len(records))
-    n_test = max(1, int(round(len(records) * test_fraction)))
-    splits = {"te": order[:n_test], "tr": order[n_test:]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for split, idx in splits.items():
-            X = np.stack([records[i][0] for i in idx])
-            y = np.array([records[i][1] for i in idx], dtype=np.float64)
-            for key, arr in ((f"X{split}", X), (f"y{split}", y)):
-                buf = io.BytesIO()
-                np.save(buf, arr)
-                zf.writestr(f"age_regression_{key}.npy", buf.getvalue())
-            lines = ["age,gender,race,source"] + [",".join(str(v) for v in records[i][1:]) for i in idx]
-            zf.writestr(f"meta_{split}.csv", "\n".join(lines) + "\n")
-        zf.writestr("README.txt", _DATA_README)
-    print(f"wrote {out}: {len(splits['tr'])} train and {len(splits['te'])} test faces "
-          f"({len(skipped)} files skipped, {len(by_hash) - len(records)} conflicting duplicates dropped)")
+    groups = near_duplicate_groups(np.stack([r[0] for r in records]))
+    train, test = _split_by_groups(len(records), groups, test_fraction, seed)
+    if len(train) == 0:
+        raise DataError(f"{source}: every face is a near-duplicate of the test faces; add more images.")
+    print(f"near-duplicates: {sum(map(len, groups))} faces in {len(groups)} groups (centred pixel correlation "
+          f"above 0.97, as they are or mirrored), each group kept within one split")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+            for split, idx in (("tr", train), ("te", test)):
+                X = np.stack([records[i][0] for i in idx])
+                y = np.array([records[i][1] for i in idx], dtype=np.float64)
+                for key, arr in ((f"X{split}", X), (f"y{split}", y)):
+                    buf = io.BytesIO()
+                    np.save(buf, arr)
+                    zf.writestr(f"age_regression_{key}.npy", buf.getvalue())
+                text = io.StringIO()
+                csv.writer(text, lineterminator="\n").writerows(
+                    [("age", "gender", "race", "source")] + [records[i][1:] for i in idx])
+                zf.writestr(f"meta_{split}.csv", text.getvalue())
+            zf.writestr("README.txt", _DATA_README)
+
+    _write_atomically(out, write)
+    print(f"wrote {out}: {len(train)} train and {len(test)} test faces "
+          f"({n_skipped} files skipped, {len(by_hash) - len(records)} conflicting duplicates dropped)")
     return out
 
 
@@ -521,6 +722,26 @@ def train_epoch(params, X, y, lr, batch_size, rng):
     return total_loss / N
 
 
+def add_weight_decay(grads, params, weight_decay):
+    """L2 weight decay: add lambda * W, the gradient of lambda/2 * ||W||^2, to the gradients of W1 and W2
+    (not the biases) and return grads (notebook 05 §3). train() calls it before each step."""
+    for name in ("W1", "W2"):
+        grads[name] = grads[name] + weight_decay * params[name]
+    return grads
+
+
+def momentum_step(params, grads, velocity, lr, momentum):
+    """SGD with momentum, in place: v <- momentum * v - lr * g, then p <- p + v (notebook 05 §4).
+
+    velocity holds one array per parameter, zeros at the start, and is kept from step to step.
+    """
+    for name, p in params.items():
+        v = velocity[name]
+        v *= momentum
+        v -= lr * grads[name]
+        p += v
+
+
 def _check_loss(loss, epoch, lr, start_loss):
     """Stop with advice when the loss is non-finite or has grown a thousandfold."""
     if not np.isfinite(loss) or loss > 1e3 * max(start_loss, 1.0):
@@ -534,7 +755,7 @@ def mirror_faces(X):
     return X.reshape(-1, *IMAGE_SHAPE)[:, :, ::-1].reshape(len(X), N_PIXELS)
 
 
-def _mean_std(X, chunk=4096):
+def _mean_std(X, chunk=1024):
     """Per-column mean and standard deviation in float64, summed one chunk of rows at a time.
 
     NumPy's X.std(axis=0, dtype=float64) would make a float64 copy of the whole set (~0.6 GB here).
@@ -564,7 +785,7 @@ def _progress(epoch, epochs, train_loss, val_rmse, width=20):
 def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"], lr=DEFAULTS["lr"],
           lr_decay=DEFAULTS["lr_decay"], batch_size=DEFAULTS["batch_size"], epochs=DEFAULTS["epochs"],
           mirror=DEFAULTS["mirror"], seed=DEFAULTS["seed"], dtype=np.float32, snapshot_every=None,
-          verbose=True, lesson=None) -> Model:
+          verbose=True, lesson=None, weight_decay=0.0, momentum=0.0, keep_best=False) -> Model:
     """Train the network with minibatch SGD and return a Model that predicts in years (notebook 03 §6).
 
     Inputs are standardised per pixel and targets scaled with training statistics; the loss
@@ -574,24 +795,36 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"
     free). snapshot_every=k keeps a copy of W1 every k epochs (epoch 0 included) for the weight browser.
     lesson: whose forward, mse_loss, backward, sgd_step and train_epoch train (and later predict):
     this module's by default; fh.lesson_functions() hands in the notebooks' own.
+    Notebook 05: weight_decay=lambda adds lambda * W to the gradients of W1 and W2 before each step
+    (lesson.add_weight_decay); momentum=mu steps with a velocity (lesson.momentum_step); keep_best=True
+    restores the weights of the epoch with the lowest validation RMSE (history["best_epoch"]).
     """
     lesson = lesson or _this_module
+    if weight_decay < 0 or not 0 <= momentum < 1:
+        raise ValueError(f"weight_decay must be >= 0 and momentum at least 0 and below 1 "
+                         f"(got weight_decay={weight_decay:g}, momentum={momentum:g}).")
+    if keep_best and X_val is None:
+        raise ValueError("keep_best=True needs validation faces, train(X_train, y_train, X_val, y_val, ...): "
+                         "the best epoch is the one with the lowest validation error.")
     dtype = np.dtype(dtype)
     X_train = as_face_rows(X_train, "X_train")
     y_train = as_ages(y_train, len(X_train), "y_train")
+    n = len(X_train)
+    Xs = np.empty((2 * n if mirror else n, N_PIXELS), dtype)  # the one whole-set copy training keeps
+    Xs[:n] = X_train
     if mirror:
-        Xs = np.concatenate([X_train, mirror_faces(X_train)]).astype(dtype, copy=False)
+        for start in range(0, n, 4096):  # in chunks: a mirrored copy of all faces at once would cost ~130 MB more
+            Xs[n + start:n + start + 4096] = mirror_faces(X_train[start:start + 4096])
         y_train = np.concatenate([y_train, y_train])
-    else:
-        Xs = X_train.astype(dtype)  # a copy: it is standardised in place below
     x_mean, x_std = standardize_fit(Xs)
-    Xs -= x_mean  # in place: the standardised faces are the only whole-set copy training keeps
+    Xs -= x_mean  # standardised in place
     Xs /= x_std
     y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
     ys = ((y_train - y_mean) / y_std).astype(dtype)
     model = Model(init_params(n_hidden, seed=seed, dtype=dtype), x_mean, x_std, y_mean, y_std,
                   settings=dict(n_hidden=n_hidden, lr=lr, lr_decay=lr_decay, batch_size=batch_size, epochs=epochs,
-                                mirror=mirror, seed=seed, dtype=dtype.name), lesson=lesson)
+                                mirror=mirror, seed=seed, dtype=dtype.name, weight_decay=weight_decay,
+                                momentum=momentum, keep_best=keep_best), lesson=lesson)
     has_val = X_val is not None
     if has_val:
         X_val = as_face_rows(X_val, "X_val")
@@ -602,10 +835,14 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"
     rng = np.random.default_rng(seed)
     start_loss = lesson.mse_loss(lesson.forward(model.params, Xs[:1024])[0], ys[:1024])[0]
     live = verbose and sys.stdout.isatty()
+    train_epoch = lesson.train_epoch
+    if weight_decay or momentum:  # the same loop, stepping with weight decay and momentum (notebook 05)
+        train_epoch = _epoch_with_extras(lesson, model.params, weight_decay, momentum)
+    best = None  # (epoch, validation RMSE, copy of the weights) of the best epoch so far, for keep_best
     for epoch in range(1, epochs + 1):
         epoch_lr = lr * lr_decay ** (epoch - 1)
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by _check_loss
-            train_loss = lesson.train_epoch(model.params, Xs, ys, epoch_lr, batch_size, rng)
+            train_loss = train_epoch(model.params, Xs, ys, epoch_lr, batch_size, rng)
         _check_loss(train_loss, epoch, epoch_lr, start_loss)
         history["epoch"].append(epoch)
         history["train_loss"].append(train_loss)
@@ -616,6 +853,8 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"
             val_rmse = val_mse ** 0.5
             history["val_loss"].append(val_mse / y_std ** 2)
             history["val_rmse"].append(val_rmse)
+        if keep_best and (best is None or val_rmse < best[1]):
+            best = (epoch, val_rmse, {name: p.copy() for name, p in model.params.items()})
         if snapshot_every and epoch % snapshot_every == 0:
             history["W1_epochs"].append(epoch)
             history["W1_snapshots"].append(model.params["W1"].copy())
@@ -625,8 +864,52 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"
             print(_progress(epoch, epochs, train_loss, val_rmse))
     if live:
         print()
+    if keep_best:  # early stopping, after the fact: the weights of the best epoch, not of the last
+        history["best_epoch"] = best[0]
+        model.params.update(best[2])
     model.history = history
     return model
+
+
+def _epoch_with_extras(lesson, params, weight_decay, momentum):
+    """lesson.train_epoch, stepping with weight decay and momentum (notebook 05 §5).
+
+    The loop itself is not copied or changed: the same code runs with its name sgd_step bound to a
+    step that adds lambda * W (lesson.add_weight_decay), then moves with a velocity kept for the
+    whole run (lesson.momentum_step), or with lesson.sgd_step when momentum is 0.
+    """
+    import types
+    needed = ["add_weight_decay"] * bool(weight_decay) + ["momentum_step"] * bool(momentum)
+    for name in needed:
+        if not callable(getattr(lesson, name, None)):
+            raise AttributeError(f"the lesson has no {name}: write it in notebook 05 and hand it over with "
+                                 f"the others, lesson.{name} = {name}, then fh.train(..., lesson=lesson).")
+    velocity = {name: np.zeros_like(p) for name, p in params.items()}  # at rest before the first step
+    n_steps = 0
+
+    def step(params, grads, lr):
+        nonlocal n_steps
+        if weight_decay:
+            grads = lesson.add_weight_decay(grads, params, weight_decay)
+        if momentum:
+            lesson.momentum_step(params, grads, velocity, lr, momentum)
+        else:
+            lesson.sgd_step(params, grads, lr)
+        n_steps += 1
+
+    loop = lesson.train_epoch
+    loop = types.FunctionType(loop.__code__, dict(loop.__globals__, sgd_step=step), loop.__name__,
+                              loop.__defaults__, loop.__closure__)
+
+    def train_epoch(params, X, y, lr, batch_size, rng):
+        before = n_steps
+        loss = loop(params, X, y, lr, batch_size, rng)
+        if n_steps == before:
+            raise ValueError("train_epoch never called sgd_step, so weight decay and momentum could not act: "
+                             "train() hands them to your loop through that name. Call sgd_step(params, grads, lr) "
+                             "for each batch, as in notebook 03 §4.")
+        return loss
+    return train_epoch
 
 
 # Whose code trains: the exercises of notebooks 02 and 03 define these functions (the classroom edition
@@ -634,20 +917,24 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"
 LESSON_FUNCTIONS = {"forward": "02", "mse_loss": "02", "backward": "02", "sgd_step": "03", "train_epoch": "03"}
 
 
-def lesson_functions(folder=None, verbose=True):
+def lesson_functions(folder=None, verbose=True, names=None, **yours):
     """Your own forward, mse_loss, backward (notebook 02) and sgd_step, train_epoch (notebook 03), for
     fh.train(..., lesson=...) (notebook 03 §5): read from the saved notebooks, so save them first.
 
-    From each notebook, the code cells that define one of these functions are run (their imports
-    and defs only) in a fresh namespace holding np and fh. folder: where the notebooks are (default:
-    the current folder if it holds them, else notebooks/ beside this module).
+    From each notebook, the code cells that define one of these functions (with `def`, or by importing
+    it from the teacher's released faceage_reference) are run, their imports and defs only, in a fresh
+    namespace holding np and fh. folder: where the notebooks are (default: the current folder if it
+    holds them, else notebooks/ beside this module). names: only these functions. yours: functions of
+    the running notebook, used as they are (notebook 03 passes its sgd_step and train_epoch, so the
+    versions in the kernel train, saved or not). The result's .who says whose code it is.
     """
     import ast
     import types
+    wanted = [name for name in LESSON_FUNCTIONS if names is None or name in names]
     folders = [Path(folder)] if folder is not None else [Path.cwd(), HERE / "notebooks", HERE]
     namespace = {"np": np, "fh": _this_module}
-    found = {}
-    for number in sorted(set(LESSON_FUNCTIONS.values())):
+    found = {name: "this notebook" for name in yours}
+    for number in sorted({LESSON_FUNCTIONS[name] for name in wanted if name not in yours}):
         paths = [p for f in folders for p in sorted(f.glob(f"{number}_*.ipynb"))]
         if not paths:
             raise FileNotFoundError(f"notebook {number} (e.g. {number}_....ipynb) is not in "
@@ -661,19 +948,24 @@ def lesson_functions(folder=None, verbose=True):
             except SyntaxError:
                 continue  # IPython magics or a cell being edited: it defines none of the functions
             defs = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-            if not defs & {name for name, nb in LESSON_FUNCTIONS.items() if nb == number}:
+            released = {(a.asname or a.name) for node in tree.body if isinstance(node, ast.ImportFrom)
+                        and node.module == REFERENCE_MODULE for a in node.names}
+            if not (defs | released) & {name for name, nb in LESSON_FUNCTIONS.items() if nb == number}:
                 continue
             keep = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.Import, ast.ImportFrom))]
             exec(compile(ast.Module(keep, type_ignores=[]), str(paths[0]), "exec"), namespace)
             found.update(dict.fromkeys(defs & set(LESSON_FUNCTIONS), paths[0].name))
-    missing = [name for name in LESSON_FUNCTIONS if name not in found]
+            found.update(dict.fromkeys(released & set(LESSON_FUNCTIONS), f"the teacher's {REFERENCE_MODULE}.py"))
+    missing = [name for name in wanted if name not in found]
     if missing:
         raise NameError(f"no `def {missing[0]}` found in notebook {LESSON_FUNCTIONS[missing[0]]}: write the "
                         f"exercise there, save the notebook, and run this cell again.")
-    lesson = types.SimpleNamespace(**{name: namespace[name] for name in LESSON_FUNCTIONS})
+    lesson = types.SimpleNamespace(**{name: yours.get(name, namespace.get(name)) for name in wanted})
+    sources = dict.fromkeys(found[name] for name in wanted)
+    lesson.who = "the code of your notebooks: " + "; ".join(
+        f"{_join([n for n in wanted if found[n] == source])} from {source}" for source in sources)
     if verbose:
-        print("Training runs your own code: " + "; ".join(
-            f"{', '.join(n for n in LESSON_FUNCTIONS if found[n] == nb)} from {nb}" for nb in dict.fromkeys(found.values())))
+        print(f"{'Training runs' if names is None else 'Using'} {lesson.who}.")
     return lesson
 
 
@@ -699,31 +991,67 @@ def predict(model: Model, X):
     return out * model.y_std + model.y_mean
 
 
+MODEL_ARRAYS = ("W1", "b1", "W2", "b2", "x_mean", "x_std", "y_mean", "y_std", "train_loss", "val_loss", "val_rmse",
+                "settings")
+MAX_HIDDEN = 10_000  # a sane bound on hidden units, checked before a model file's arrays are read
+
+
 def save_model(model: Model, path):
-    """Save a trained model (weights, standardisation, history, settings) as one .npz file."""
+    """Save a trained model (weights, standardisation, history, settings) as one .npz file.
+
+    The file is replaced whole or not at all (an interrupted save keeps the previous model).
+    """
+    path = Path(path)
+    path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")  # as np.savez names it
     h = model.history
-    np.savez(path, **model.params, x_mean=model.x_mean, x_std=model.x_std,
-             y_mean=model.y_mean, y_std=model.y_std,
-             train_loss=np.array(h.get("train_loss", [])), val_loss=np.array(h.get("val_loss", [])),
-             val_rmse=np.array(h.get("val_rmse", [])), settings=json.dumps(model.settings))
+    arrays = dict(**model.params, x_mean=model.x_mean, x_std=model.x_std, y_mean=model.y_mean, y_std=model.y_std,
+                  train_loss=np.array(h.get("train_loss", [])), val_loss=np.array(h.get("val_loss", [])),
+                  val_rmse=np.array(h.get("val_rmse", [])), settings=json.dumps(model.settings))
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _check_model_arrays(a: dict) -> str | None:
+    """What is wrong with a model file's arrays (shapes, dtypes, finiteness), or None."""
+    W1 = a["W1"]
+    hidden = W1.shape[0] if W1.ndim == 2 else 0
+    expected = {"W1": (hidden, N_PIXELS), "b1": (hidden,), "W2": (1, hidden), "b2": (1,),
+                "x_mean": (N_PIXELS,), "x_std": (N_PIXELS,), "y_mean": (), "y_std": ()}
+    for name, shape in expected.items():
+        if a[name].dtype.kind != "f":
+            return f"{name} has dtype {a[name].dtype}; a trained model's arrays are float32 or float64"
+        if a[name].shape != shape:
+            return f"{name} has shape {a[name].shape}; expected {shape} (W1 is hidden x 2304)"
+        if not np.isfinite(a[name]).all():
+            return f"{name} holds {a[name].size - np.isfinite(a[name]).sum()} values that are not finite (NaN or inf)"
+    if (a["x_std"] <= 0).any() or a["y_std"] <= 0:
+        return "x_std or y_std is not positive (a standard deviation)"
+    return None
 
 
 def load_model(path) -> Model:
-    """Load a model written by save_model."""
+    """Load a model written by save_model, after checking its shapes, dtypes and finiteness."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"No model file at {path}. Train one first: python faceage_helpers.py "
                         f"(it writes model.npz).")
+    fix = "Train and save it again: python faceage_helpers.py (it writes model.npz), or fh.save_model()."
+    with _open_zip(path, f"It is not a FaceAge model file. {fix}") as zf:
+        missing = [k for k in MODEL_ARRAYS if f"{k}.npy" not in zf.namelist()]
+        if missing:
+            raise DataError(f"{path} is not a FaceAge model file (it has no {missing[0]}). {fix}")
+        a = {k: _read_npy(zf, f"{k}.npy", path, MAX_HIDDEN * N_PIXELS, fix, kinds="uifU") for k in MODEL_ARRAYS}
+    problem = _check_model_arrays(a)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            params = {k: f[k] for k in ("W1", "b1", "W2", "b2")}
-            model = Model(params, f["x_mean"], f["x_std"], float(f["y_mean"]), float(f["y_std"]),
-                          settings=json.loads(str(f["settings"])))
-            n = len(f["train_loss"])
-            model.history = {"epoch": list(range(1, n + 1)), "train_loss": list(f["train_loss"]),
-                             "val_loss": list(f["val_loss"]), "val_rmse": list(f["val_rmse"])}
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a FaceAge model file ({e}). Save models with save_model().") from None
+        settings = json.loads(str(a["settings"]))
+    except ValueError as e:
+        problem = problem or f"its settings are not JSON ({e})"
+    if problem:
+        raise DataError(f"{path} is not a usable FaceAge model: {problem}. {fix}")
+    params = {k: a[k] for k in ("W1", "b1", "W2", "b2")}
+    model = Model(params, a["x_mean"], a["x_std"], float(a["y_mean"]), float(a["y_std"]), settings=settings)
+    n = len(a["train_loss"])
+    model.history = {"epoch": list(range(1, n + 1)), "train_loss": list(a["train_loss"]),
+                     "val_loss": list(a["val_loss"]), "val_rmse": list(a["val_rmse"])}
     return model
 
 
@@ -732,8 +1060,14 @@ def load_model(path) -> Model:
 # =============================================================================
 
 def regression_metrics(y_true, y_pred) -> dict:
-    """MSE (years^2), RMSE and MAE (years)."""
-    err = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+    """MSE (years^2), RMSE and MAE (years). A column (N, 1) counts as a vector: subtracted from an (N,)
+    vector it would broadcast to an (N, N) table of every pairwise difference."""
+    y_true, y_pred = (np.asarray(a, dtype=np.float64) for a in (y_true, y_pred))
+    y_true, y_pred = (a.reshape(-1) if a.ndim == 2 and 1 in a.shape else a for a in (y_true, y_pred))
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape:
+        raise DataError(f"y_true holds {y_true.size} ages in shape {y_true.shape} and y_pred {y_pred.size} in shape "
+                        f"{y_pred.shape}; expected two vectors of the same length, one age per face.")
+    err = y_pred - y_true
     mse = float(np.mean(err ** 2))
     return {"mse": mse, "rmse": mse ** 0.5, "mae": float(np.mean(np.abs(err)))}
 
@@ -852,28 +1186,44 @@ def plot_weight_grid(W1, n=30, ncols=10, title=None, units=None, size=1.3, W2=No
 
 
 def save_weight_images(W1, folder, n=30, scale=4):
-    """Write weight_image_0.png ... weight_image_{n-1}.png and weight_grid.png to folder."""
+    """Write weight_image_0.png ... weight_image_{n-1}.png and weight_grid.png to folder.
+
+    They replace the folder's earlier images as a set: drawn in a temporary folder first (an
+    interrupted run leaves the previous set as it was), then moved in, and images of units beyond
+    this set (from an earlier run with more units) removed. Other files in folder are left alone.
+    """
     plt = _plt()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for j in range(min(n, len(W1))):
-        w = np.kron(weight_image(W1, j), np.ones((scale, scale)))  # upscale, crisp pixels
-        lo, hi = weight_limits(w)
-        path = folder / f"weight_image_{j}.png"
-        plt.imsave(path, w, cmap="RdBu_r", vmin=lo, vmax=hi)
-        paths.append(path)
-    fig = plot_weight_grid(W1, n=n)
-    fig.savefig(folder / "weight_grid.png", dpi=100)
-    plt.close(fig)
-    return paths + [folder / "weight_grid.png"]
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        names = []
+        for j in range(min(n, len(W1))):
+            w = np.kron(weight_image(W1, j), np.ones((scale, scale)))  # upscale, crisp pixels
+            lo, hi = weight_limits(w)
+            names.append(f"weight_image_{j}.png")
+            plt.imsave(staging / names[-1], w, cmap="RdBu_r", vmin=lo, vmax=hi)
+        fig = plot_weight_grid(W1, n=n)
+        try:
+            fig.savefig(staging / "weight_grid.png", dpi=100)
+        finally:
+            plt.close(fig)
+        names.append("weight_grid.png")
+        for name in names:
+            os.replace(staging / name, folder / name)
+        for old in folder.glob("weight_image_*.png"):
+            if old.name not in names:
+                old.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [folder / name for name in names]
 
 
 # =============================================================================
-# Weight browsers: the interactive widgets of notebook 04
+# Weight browsers: the interactive widgets of notebooks 04 and 06
 # =============================================================================
 # Each browser is a VBox(IntSlider, HTML caption, Output holding one PNG). Everything slow
-# (activations, rankings, colour limits, the figure itself) is done once when the browser is built;
+# (activations, gradients, rankings, colour limits, the figure itself) is done once when the browser is built;
 # a slider move only swaps new pictures and numbers into that figure and its PNG into the Output.
 
 BROWSER_DPI = 80  # small PNGs: a redraw stays well under a second, and projects fine
@@ -885,6 +1235,34 @@ def hidden_activations(model, X):
     for rows, _, H_rows in _forward_in_chunks(model, X):
         H[rows] = H_rows
     return H
+
+
+def input_gradient(model, X, backward_to_input, batch_size=1024):
+    """dŷ/dx for every face X: how many years the predicted age moves per unit of brightness of each
+    pixel (0 black, 1 white), shape (N, 2304), computed with your backward_to_input (notebook 06 §4).
+
+    The model's own forward (model.lesson.forward) runs on the faces standardised as in training;
+    backward_to_input(params, cache, dy_hat) then gets dy_hat = 1 for every face, so row n is
+    dŷ_n/dx_n (face n's prediction depends on face n alone). The chain rule through the two
+    scalings, x' = (x - mean) / std and age = y' * y_std + y_mean, multiplies by y_std / x_std.
+    """
+    X = as_face_rows(X)
+    if not callable(backward_to_input):
+        raise TypeError(f"backward_to_input must be your function backward_to_input(params, cache, dy_hat) "
+                        f"(notebook 06 §2), not a {type(backward_to_input).__name__}.")
+    params = model.params
+    dtype = params["W1"].dtype
+    G = np.empty((len(X), N_PIXELS), dtype=dtype)
+    for start in range(0, len(X), batch_size):
+        rows = slice(start, start + batch_size)
+        Xs = ((X[rows] - model.x_mean) / model.x_std).astype(dtype, copy=False)  # as in training
+        _, cache = model.lesson.forward(params, Xs)
+        dX = np.asarray(backward_to_input(params, cache, np.ones(len(Xs), dtype=dtype)))
+        if dX.shape != Xs.shape:
+            raise ValueError(f"backward_to_input returned shape {dX.shape} for {len(Xs)} faces, but dX has the "
+                             f"shape of X, {Xs.shape}: run fh.check_backward_to_input(backward_to_input).")
+        G[rows] = dX * (model.y_std / model.x_std)
+    return G
 
 
 def _ipywidgets():
@@ -1121,12 +1499,68 @@ def epoch_browser(history, units=(0, 1, 2, 3, 4, 5, 6, 7), ncols=4):
     return _browser(slider, view, f"epoch browser over {len(epochs)} snapshots of W1")
 
 
+def input_gradient_browser(model, X_faces, ages, backward_to_input, face=0):
+    """A slider over faces: each face, its gradient map dŷ/dx, and the predicted age (notebook 06 §5).
+
+    The maps come from input_gradient with your backward_to_input, once for all faces. They share one
+    colour scale (99.9% of all |dŷ/dx| fit in it), so a face whose prediction reacts more strongly to
+    its pixels looks stronger. Returns a VBox (IntSlider "face", HTML caption "face i of N: ...", Output).
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    X = as_face_rows(X_faces, "X_faces")
+    ages = as_ages(ages, len(X), "ages")
+    if not 0 <= int(face) < len(X):
+        raise ValueError(f"face must be between 0 and {len(X) - 1} (there are {len(X)} faces), got {face}.")
+    G = input_gradient(model, X, backward_to_input)
+    pred = predict(model, X)
+    lim = float(np.percentile(np.abs(G), 99.9)) or 1.0
+    norm, cmap = Normalize(-lim, lim), colormaps["RdBu_r"]
+    # One figure, built once: face | gradient map | the map laid over the face; view(i) swaps the data.
+    fig = _figure(9.2, 3.7)
+    grid = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 0.05], left=0.02, right=0.9, top=0.8, bottom=0.04,
+                            wspace=0.08)
+    axes = [fig.add_subplot(grid[k]) for k in range(3)]
+    for ax, title in zip(axes, ["the face", "dŷ/dx: red, a brighter pixel\nraises the predicted age",
+                                "dŷ/dx over the face\n(faint where it is small)"]):
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
+    face_image = axes[0].imshow(np.zeros(IMAGE_SHAPE), cmap="gray", vmin=0, vmax=1)
+    grad_image = axes[1].imshow(np.zeros(IMAGE_SHAPE), cmap=cmap, norm=norm)
+    under_image = axes[2].imshow(np.zeros(IMAGE_SHAPE), cmap="gray", vmin=0, vmax=1)
+    over_image = axes[2].imshow(np.zeros((*IMAGE_SHAPE, 4)))
+    fig.colorbar(grad_image, cax=fig.add_subplot(grid[3]), label="years per unit of brightness")
+    heading = fig.suptitle("", fontsize=10)
+
+    def view(i):
+        g = G[i].reshape(IMAGE_SHAPE)
+        face_image.set_data(X[i].reshape(IMAGE_SHAPE))
+        grad_image.set_data(g)
+        under_image.set_data(X[i].reshape(IMAGE_SHAPE))
+        rgba = cmap(norm(g))
+        rgba[..., 3] = np.clip(np.abs(g) / lim, 0, 1)  # opacity grows with |dŷ/dx|
+        over_image.set_data(rgba)
+        heading.set_text(f"face {i} of {len(X)}: true age {ages[i]:.0f} y, predicted {pred[i]:.0f} y "
+                         f"(one colour scale for all faces)")
+        caption = (f"face {i} of {len(X)}: true age {ages[i]:.0f} y, predicted {pred[i]:.0f} y; "
+                   f"largest |dŷ/dx| {np.abs(g).max():.1f} years per unit of brightness; every pixel 0.01 "
+                   f"brighter would move the prediction by {0.01 * g.sum():+.1f} years (to first order)")
+        return caption, fig
+
+    slider = _slider("face", int(face), 0, len(X) - 1)
+    return _browser(slider, view, f"face browser over {len(X)} faces and their gradient maps")
+
+
 # =============================================================================
 # Exercise checks: run right after each exercise in the notebooks
 # =============================================================================
-# check_forward(forward) and its siblings run your function on small, seeded float64 inputs and
-# compare it with the reference implementation in this module. They print one line when it
-# agrees; otherwise they raise ExerciseCheckError saying what is wrong and how to fix it.
+# check_forward(forward) and its siblings run your function on small, seeded float64 problems and
+# compare what it returns with the reference answers to those problems. They print one line when
+# it agrees; otherwise they raise ExerciseCheckError saying what is wrong and how to fix it.
+# The reference answers, and the typical wrong answers the checks recognise, come from
+# _reference_answers(): computed with this module's reference code here, and read from
+# check_answers.npz in the classroom edition, whose module has no reference code to compute them
+# (tools/make_student.py writes that file).
 # (__tracebackhide__ = True: IPython and pytest then show the message, not the checks' own code.)
 
 class ExerciseCheckError(AssertionError):
@@ -1134,7 +1568,14 @@ class ExerciseCheckError(AssertionError):
 
 
 CHECK_TOL = 1e-6  # rel_error below which your array counts as equal to the reference
+CHECK_ANSWERS_FILE = HERE / "check_answers.npz"  # only in the classroom edition
+REFERENCE_MODULE = "faceage_reference"  # the file `make reference` writes, released after the deadline
+# (N, batch_size, seed) of the train_epoch check's epochs: last batches of 3, 1 and 4 samples, and one
+# batch larger than N, so that loops which drop or repeat a batch, or an unweighted mean, show up.
+EPOCH_CASES = ((11, 4, 0), (9, 4, 1), (12, 4, 2), (5, 8, 3))
+SHUFFLES = ("rng.permutation", "rng.choice", "no shuffle")  # the orders the train_epoch check recognises
 _ref = _this_module  # check_x(x) parameters shadow the reference x
+_answers = {}
 
 
 def _run(name, fn, *args, hint=""):
@@ -1152,6 +1593,21 @@ def _run(name, fn, *args, hint=""):
     except Exception as e:
         raise ExerciseCheckError(f"{name} raised {type(e).__name__}: {e} (the traceback above shows "
                                  f"where). {hint}".rstrip()) from e
+
+
+def _not_yours(name, fn):
+    """True (after saying so) for the teacher's released reference; an error for this module's own function.
+
+    Neither is the student's code, so neither may earn "all checks passed".
+    """
+    if fn is getattr(_ref, name, None):
+        raise ExerciseCheckError(f"{name}: this is fh.{name}, the module's own function, not yours: write "
+                                 f"`def {name}(...)` in the cell above, run it, and check that: "
+                                 f"fh.check_{name}({name}).")
+    if getattr(fn, "__module__", None) == REFERENCE_MODULE:
+        print(f"{name}: this is the teacher's reference ({REFERENCE_MODULE}.py), not your own code: not checked.")
+        return True
+    return False
 
 
 def _copy(params):
@@ -1175,6 +1631,7 @@ def _mismatch(what, got, expected, hint, mistakes=(), shapes=None, factors=None,
         got = np.asarray(got, dtype=np.float64)
     except (TypeError, ValueError):
         return f"{what} should be a NumPy array of numbers, not a {type(got).__name__}."
+    expected = np.asarray(expected, dtype=np.float64)
     if not np.isfinite(got).all():
         return f"{what} contains NaN or inf: {hint}"
     if got.shape != expected.shape:
@@ -1223,21 +1680,152 @@ def _grouped(problems):
     return lines
 
 
+# --- the seeded problems (fixed seeds: the same check, with the same verdict, every run) -----
+
 def _net_problem(n=5, n_hidden=4, seed=0):
     """A small float64 network at the real face size, a batch X and targets y; z takes both signs."""
-    rng = np.random.default_rng(seed)  # fixed seed: the same check, with the same verdict, every run
+    rng = np.random.default_rng(seed)
     params = {"W1": rng.standard_normal((n_hidden, N_PIXELS)) / np.sqrt(N_PIXELS),
               "b1": 0.5 * rng.standard_normal(n_hidden),
               "W2": rng.standard_normal((1, n_hidden)), "b2": rng.standard_normal(1)}
     return params, rng.standard_normal((n, N_PIXELS)), rng.standard_normal(n)
 
 
-def check_forward(forward):
-    """Check your forward(params, X) -> (y_hat, (X, Z, H)) against the reference on 5 faces."""
-    __tracebackhide__ = True
-    params, X, _ = _net_problem()
+def _loss_problem(n):
+    """n predictions and n targets for the mse_loss check."""
+    rng = np.random.default_rng(10 + n)
+    return rng.standard_normal(n), rng.standard_normal(n)
+
+
+def _quadratic_problem():
+    """f(x) = sum(c x^2 / 2 + b x) at a random x: its gradient c x + b is known exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4))
+    c, b = rng.uniform(5, 10, size=x.shape), rng.standard_normal(x.shape)
+    return x, c, b, np.array([7, 2, 10, 5]), 1e-5  # flat positions in x, as gradient_check passes them
+
+
+def _sgd_problem():
+    rng = np.random.default_rng(0)
+    shapes = {"W1": (3, 4), "b1": (3,), "W2": (1, 3), "b2": (1,)}
+    params = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    return params, {k: rng.standard_normal(s) for k, s in shapes.items()}, 0.1
+
+
+def _one_hot_problem(n, n_hidden=3, seed=0):
+    """n samples where sample i is pixel i (X = I): only a step on sample i moves column i of W1."""
+    rng = np.random.default_rng(seed)
+    params = {"W1": 0.1 * rng.standard_normal((n_hidden, n)),
+              "b1": np.ones(n_hidden),  # z > 0 for every sample: every visit moves its column of W1
+              "W2": rng.standard_normal((1, n_hidden)), "b2": np.zeros(1)}
+    return params, np.eye(n), rng.standard_normal(n)
+
+
+def _decay_problem():
+    """Parameters, their gradients and lambda for the add_weight_decay check."""
+    params, grads, _ = _sgd_problem()
+    return params, grads, 0.1
+
+
+def _momentum_problem():
+    """Parameters, the gradients of three steps, lr and momentum for the momentum_step check."""
+    rng = np.random.default_rng(1)
+    shapes = {"W1": (3, 4), "b1": (3,), "W2": (1, 3), "b2": (1,)}
+    params = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    return params, [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(3)], 0.1, 0.9
+
+
+def _reference_answers():
+    """Every answer the checks compare with, from this module's reference functions: {key: array}.
+
+    tools/make_student.py saves them as check_answers.npz for the classroom edition, whose module
+    has no reference code (this function included).
+    """
+    out = {}
+    params, X, y = _net_problem()
     W1, b1, W2, b2 = params["W1"], params["b1"], params["W2"], params["b2"]
-    y_ref, (_, Z_ref, H_ref) = _ref.forward(params, X)
+    y_hat, (_, Z, H) = forward(params, X)
+    out.update({"forward.y_hat": y_hat, "forward.Z": Z, "forward.H": H, "forward.Z_without_b1": X @ W1.T,
+                "forward.Z_minus_b1": X @ W1.T - b1, "forward.y_without_b2": y_hat - b2[0],
+                "forward.y_from_Z": Z @ W2[0] + b2[0]})
+    for n in (5, 3):
+        p, t = _loss_problem(n)
+        loss, dy = mse_loss(p, t)
+        out.update({f"mse_loss{n}.loss": np.array(loss), f"mse_loss{n}.dy_hat": dy,
+                    f"mse_loss{n}.mae": np.array(np.mean(np.abs(p - t)))})
+    _, dy_hat = mse_loss(y_hat, y)
+    grads = backward(params, (X, Z, H), dy_hat)
+    dH = dy_hat[:, None] * W2
+    out.update({f"backward.d{k}": g for k, g in grads.items()})
+    out.update({"backward.dy_hat": dy_hat, "backward.dW2_from_Z": dy_hat[None, :] @ Z,
+                "backward.dW1_without_mask": dH.T @ X, "backward.dW1_times_H": (dH * H).T @ X,
+                "backward.db1_without_mask": dH.sum(axis=0), "backward.db1_times_H": (dH * H).sum(axis=0)})
+    x, c, b, indices, h = _quadratic_problem()
+    out["numerical_gradient"] = numerical_gradient(lambda: float(np.sum(0.5 * c * x ** 2 + b * x)), x, indices, h)
+    p, g, lr = _sgd_problem()
+    for k in p:
+        out.update({f"sgd_step.{k}": p[k] - lr * g[k], f"sgd_step.{k}.uphill": p[k] + lr * g[k],
+                    f"sgd_step.{k}.without_lr": p[k] - g[k]})
+    for n, batch_size, seed in EPOCH_CASES:
+        start, X, y = _one_hot_problem(n, seed=seed)
+        orders = {"rng.permutation": np.random.default_rng(seed).permutation(n),
+                  "rng.choice": np.random.default_rng(seed).choice(n, n, replace=False),
+                  "no shuffle": np.arange(n)}
+        for how, order in orders.items():  # replay the lesson loop in this order, keeping every batch's loss
+            key, p, losses = f"epoch{n}_{batch_size}.{how}", _copy(start), []
+            for s in range(0, n, batch_size):
+                batch = order[s:s + batch_size]
+                y_hat, cache = forward(p, X[batch])
+                loss, dy = mse_loss(y_hat, y[batch])
+                sgd_step(p, backward(p, cache, dy), 1e-3)
+                losses.append(loss)
+            sizes = [len(order[s:s + batch_size]) for s in range(0, n, batch_size)]
+            out.update({f"{key}.{k}": v for k, v in p.items()})
+            out.update({f"{key}.order": order, f"{key}.loss": np.array(np.dot(losses, sizes) / n),
+                        f"{key}.loss_unweighted": np.array(np.mean(losses)),
+                        f"{key}.loss_sum": np.array(np.sum(losses)), f"{key}.loss_last": np.array(losses[-1])})
+    p, g, lam = _decay_problem()
+    decayed = add_weight_decay({k: a.copy() for k, a in g.items()}, _copy(p), lam)
+    for k in p:  # the answer, and g + c * p for the typical wrong factors c
+        out[f"add_weight_decay.{k}"] = decayed[k]
+        out.update({f"add_weight_decay.{k}.{how}": g[k] + c * p[k] for how, c in
+                    (("none", 0), ("lambda", lam), ("one", 1), ("twice", 2 * lam), ("half", lam / 2), ("minus", -lam))})
+        out[f"add_weight_decay.{k}.only"] = lam * p[k]
+    p, all_grads, lr, mu = _momentum_problem()
+    v = {k: np.zeros_like(a) for k, a in p.items()}
+    for t, g in enumerate(all_grads, 1):
+        p0, v0 = _copy(p), _copy(v)
+        momentum_step(p, g, v, lr, mu)
+        for k in p:
+            out.update({f"momentum{t}.p_start.{k}": p0[k], f"momentum{t}.v_start.{k}": v0[k],
+                        f"momentum{t}.v.{k}": v[k].copy(), f"momentum{t}.p.{k}": p[k].copy(),
+                        f"momentum{t}.v.{k}.uphill": mu * v0[k] + lr * g[k], f"momentum{t}.v.{k}.forgets": -lr * g[k],
+                        f"momentum{t}.v.{k}.without_momentum": v0[k] - lr * g[k],
+                        f"momentum{t}.v.{k}.without_lr": mu * v0[k] - g[k],
+                        f"momentum{t}.v.{k}.average": mu * v0[k] + (1 - mu) * g[k],
+                        f"momentum{t}.p.{k}.minus_v": p0[k] - v[k], f"momentum{t}.p.{k}.old_v": p0[k] + v0[k],
+                        f"momentum{t}.p.{k}.start": p0[k], f"momentum{t}.p.{k}.sgd": p0[k] - lr * g[k]})
+    return out
+
+
+def _answer(key):
+    """One reference answer: from check_answers.npz where it exists (the classroom edition), else computed."""
+    if not _answers:
+        if CHECK_ANSWERS_FILE.is_file():
+            with np.load(CHECK_ANSWERS_FILE) as f:
+                _answers.update({k: f[k] for k in f.files})
+        else:
+            _answers.update(_reference_answers())
+    return _answers[key]
+
+
+def check_forward(forward):
+    """Check your forward(params, X) -> (y_hat, (X, Z, H)) on 5 faces (notebook 02 §3)."""
+    __tracebackhide__ = True
+    if _not_yours("forward", forward):
+        return
+    params, X, _ = _net_problem()
+    Z_ref, H_ref = _answer("forward.Z"), _answer("forward.H")
     N, hidden = Z_ref.shape
     out = _run("forward", forward, _copy(params), X.copy())
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (tuple, list)) and len(out[1]) == 3):
@@ -1247,8 +1835,8 @@ def check_forward(forward):
     _fail_if("forward", _mismatch("the X in the cache", X_out, X, "the cache is (X, Z, H), in that order."))
     _fail_if("forward", _mismatch(
         "Z", Z, Z_ref, "Z = X @ W1.T + b1 (one row per face, one column per hidden unit).",
-        mistakes=[(X @ W1.T, "b1 is missing: Z = X @ W1.T + b1."),
-                  (X @ W1.T - b1, "b1 is subtracted: Z = X @ W1.T + b1.")],
+        mistakes=[(_answer("forward.Z_without_b1"), "b1 is missing: Z = X @ W1.T + b1."),
+                  (_answer("forward.Z_minus_b1"), "b1 is subtracted: Z = X @ W1.T + b1.")],
         shapes={(hidden, N): "it looks transposed (hidden units in rows): X @ W1.T + b1 puts faces in rows."}))
     _fail_if("forward", _mismatch(
         "H", H, H_ref, "H = relu(Z) = np.maximum(Z, 0).",
@@ -1257,34 +1845,65 @@ def check_forward(forward):
                   (np.minimum(Z_ref, 0), "it keeps the negative values; ReLU keeps the positive ones: "
                                          "H = np.maximum(Z, 0).")]))
     _fail_if("forward", _mismatch(
-        "y_hat", y_hat, y_ref, "y_hat = H @ W2[0] + b2[0] (one age per face).",
-        mistakes=[(y_ref - b2[0], "b2 is missing: y_hat = H @ W2[0] + b2[0]."),
-                  (Z_ref @ W2[0] + b2[0], "it uses Z; the output layer reads H, after the ReLU: "
-                                          "y_hat = H @ W2[0] + b2[0].")],
+        "y_hat", y_hat, _answer("forward.y_hat"), "y_hat = H @ W2[0] + b2[0] (one age per face).",
+        mistakes=[(_answer("forward.y_without_b2"), "b2 is missing: y_hat = H @ W2[0] + b2[0]."),
+                  (_answer("forward.y_from_Z"), "it uses Z; the output layer reads H, after the ReLU: "
+                                                "y_hat = H @ W2[0] + b2[0].")],
         shapes={(N, 1): "H @ W2.T is (N, 1); one number per face is H @ W2[0] + b2[0] (or .ravel()).",
                 (1, N): "W2 @ H.T is (1, N); one number per face is H @ W2[0] + b2[0]."}))
     print("forward: all checks passed.")
 
 
-def check_backward(backward):
-    """Check each gradient of your backward(params, cache, dy_hat) against the reference's."""
+def check_mse_loss(mse_loss):
+    """Check your mse_loss(y_hat, y) -> (loss, dy_hat) on batches of 5 and of 3 (notebook 02 §3)."""
     __tracebackhide__ = True
-    params, X, y = _net_problem()
-    y_hat, cache = _ref.forward(params, X)
-    _, dy_hat = mse_loss(y_hat, y)
-    ref = _ref.backward(params, cache, dy_hat)
-    grads = _run("backward", backward, _copy(params), tuple(a.copy() for a in cache), dy_hat.copy())
+    if _not_yours("mse_loss", mse_loss):
+        return
+    for n in (5, 3):
+        y_hat, y = _loss_problem(n)
+        out = _run("mse_loss", mse_loss, y_hat.copy(), y.copy())
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ExerciseCheckError("mse_loss: it must return two things, the loss and its gradient: end "
+                                     "with `return loss, dy_hat`.")
+        loss, dy_hat = out
+        _fail_if("mse_loss", _mismatch(
+            f"the loss (N = {n})", loss, _answer(f"mse_loss{n}.loss"), "L = mean((y_hat - y)^2), one number.",
+            mistakes=[(_answer(f"mse_loss{n}.mae"), "it is the mean absolute error; square the differences: "
+                                                    "np.mean((y_hat - y) ** 2).")],
+            shapes={(n,): "it has one squared error per face; the loss is their mean, one number: np.mean(...)."},
+            factors={n: f"{n} times too large (N = {n}): it is the sum of the squared errors; the mean divides by N.",
+                     -1: "negative: square the differences, (y_hat - y) ** 2."}),
+            _mismatch(
+            f"dy_hat (N = {n})", dy_hat, _answer(f"mse_loss{n}.dy_hat"),
+            "dL/dy_hat = 2 (y_hat - y) / N, one entry per face.",
+            shapes={(): "it is one number; dL/dy_hat has one entry per face: 2 (y_hat - y) / N, shape (N,).",
+                    (1,): "it is one number; dL/dy_hat has one entry per face: 2 (y_hat - y) / N, shape (N,).",
+                    (n, 1): "it is a column; keep the shape of y_hat, (N,).", (1, n): "keep the shape of y_hat, (N,)."},
+            factors={-1: "minus the right values: the derivative of (y_hat - y)^2 with respect to y_hat is "
+                         "2 (y_hat - y), not 2 (y - y_hat).",
+                     n: f"{n} times too large (N = {n}): the mean's 1/N stays in the gradient: 2 (y_hat - y) / N.",
+                     0.5: "half the right values: d(u^2)/du = 2u, so keep the factor 2.",
+                     n / 2: f"{n / 2:g} times too large: it lacks the 2 and the 1/N: 2 (y_hat - y) / N."}))
+    print("mse_loss: all checks passed.")
+
+
+def check_backward(backward):
+    """Check each gradient of your backward(params, cache, dy_hat) on 5 faces (notebook 02 §4)."""
+    __tracebackhide__ = True
+    if _not_yours("backward", backward):
+        return
+    params, X, _ = _net_problem()
+    Z, H, dy_hat = _answer("forward.Z"), _answer("forward.H"), _answer("backward.dy_hat")
+    grads = _run("backward", backward, _copy(params), (X.copy(), Z.copy(), H.copy()), dy_hat.copy())
     if not isinstance(grads, dict):
         raise ExerciseCheckError(f"backward: it must return a dict of gradients named like the parameters, "
                                  f"{{'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}}, not a {type(grads).__name__}.")
-    missing = [k for k in ref if k not in grads]
+    missing = [k for k in params if k not in grads]
     if missing:
         raise ExerciseCheckError(f"backward: no gradient for {', '.join(missing)} (the dict has keys "
                                  f"{', '.join(map(repr, grads)) or 'none'}). Name each gradient like its "
                                  f"parameter: {{'W1': dW1, 'b1': db1, 'W2': dW2, 'b2': db2}}.")
-    _, Z, H = cache
     N, hidden = Z.shape
-    dH = dy_hat[:, None] * params["W2"]
     scale = {-1: "minus the right values: a sign error. backward returns the gradient itself; "
                  "the minus of gradient descent belongs in sgd_step.",
              1 / N: f"{N} times too small (N = {N} faces): dy_hat already holds the 1/N of the mean "
@@ -1294,29 +1913,33 @@ def check_backward(backward):
              2: "2 times too large: dy_hat already holds the 2 of d(u^2)/du = 2u.",
              0.5: "half the right values: don't divide by 2; dy_hat = 2 (y^ - y) / N is the whole loss gradient."}
     no_mask = "the ReLU mask is missing: gradient flows back only where z > 0, so dZ = dH * (Z > 0)"
+    times_h = "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0)."
     problems = {
         "dW2": _mismatch(
-            "dW2", grads["W2"], ref["W2"], "dW2 = dy_hat[None, :] @ H, shape (1, hidden) like W2.",
-            mistakes=[(dy_hat[None, :] @ Z, "it uses Z; this layer's input is H = relu(Z): dW2 = dy_hat[None, :] @ H.")],
+            "dW2", grads["W2"], _answer("backward.dW2"), "dW2 = dy_hat[None, :] @ H, shape (1, hidden) like W2.",
+            mistakes=[(_answer("backward.dW2_from_Z"), "it uses Z; this layer's input is H = relu(Z): "
+                                                       "dW2 = dy_hat[None, :] @ H.")],
             shapes={(hidden,): "a gradient has its parameter's shape: dW2 = dy_hat[None, :] @ H is (1, hidden).",
                     (hidden, 1): "it looks transposed: dW2 = dy_hat[None, :] @ H has W2's shape (1, hidden).",
                     (N, hidden): "it is not summed over the batch: dy_hat[None, :] @ H adds up the faces' terms."},
             factors=scale),
         "db2": _mismatch(
-            "db2", grads["b2"], ref["b2"], "db2 = dy_hat.sum(keepdims=True), shape (1,) like b2.",
+            "db2", grads["b2"], _answer("backward.db2"), "db2 = dy_hat.sum(keepdims=True), shape (1,) like b2.",
             shapes={(): "a gradient has its parameter's shape: db2 = dy_hat.sum(keepdims=True) is (1,).",
                     (N,): "it is not summed over the batch: db2 = dy_hat.sum(keepdims=True)."},
             factors=scale),
         "dW1": _mismatch(
-            "dW1", grads["W1"], ref["W1"], "dW1 = dZ.T @ X with dZ = dH * (Z > 0) and dH = dy_hat[:, None] * W2.",
-            mistakes=[(dH.T @ X, no_mask + "; then dW1 = dZ.T @ X."),
-                      ((dH * H).T @ X, "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0).")],
+            "dW1", grads["W1"], _answer("backward.dW1"),
+            "dW1 = dZ.T @ X with dZ = dH * (Z > 0) and dH = dy_hat[:, None] * W2.",
+            mistakes=[(_answer("backward.dW1_without_mask"), no_mask + "; then dW1 = dZ.T @ X."),
+                      (_answer("backward.dW1_times_H"), times_h)],
             shapes={(N_PIXELS, hidden): "it looks transposed: dW1 = dZ.T @ X has W1's shape (hidden, 2304)."},
             factors=scale),
         "db1": _mismatch(
-            "db1", grads["b1"], ref["b1"], "db1 = dZ.sum(axis=0): one entry per hidden unit, summed over the faces.",
-            mistakes=[(dH.sum(axis=0), no_mask + "; then db1 = dZ.sum(axis=0)."),
-                      ((dH * H).sum(axis=0), "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0).")],
+            "db1", grads["b1"], _answer("backward.db1"),
+            "db1 = dZ.sum(axis=0): one entry per hidden unit, summed over the faces.",
+            mistakes=[(_answer("backward.db1_without_mask"), no_mask + "; then db1 = dZ.sum(axis=0)."),
+                      (_answer("backward.db1_times_H"), times_h)],
             shapes={(N, hidden): "it is not summed over the batch: db1 = dZ.sum(axis=0).",
                     (N,): "it is summed over the wrong axis: sum over the faces, dZ.sum(axis=0).",
                     (1, hidden): "keep b1's shape (hidden,): dZ.sum(axis=0), without keepdims."},
@@ -1332,18 +1955,16 @@ def check_backward(backward):
 
 
 def check_numerical_gradient(numerical_gradient):
-    """Check your centered differences against the reference on f(x) = sum(c x^2 / 2 + b x)."""
+    """Check your centered differences on f(x) = sum(c x^2 / 2 + b x) (notebook 02 §5)."""
     __tracebackhide__ = True
-    rng = np.random.default_rng(0)  # fixed seed: the same check every run
-    x = rng.standard_normal((3, 4))
-    c, b = rng.uniform(5, 10, size=x.shape), rng.standard_normal(x.shape)
+    if _not_yours("numerical_gradient", numerical_gradient):
+        return
+    x, c, b, indices, h = _quadratic_problem()
 
     def f():  # its gradient is c x + b; centered differences are exact for a quadratic
         return float(np.sum(0.5 * c * x ** 2 + b * x))
 
-    indices, h = np.array([7, 2, 10, 5]), 1e-5  # flat positions in x, as gradient_check passes them
     x0 = x.copy()
-    expected = _ref.numerical_gradient(f, x, indices, h)
     got = _run("numerical_gradient", numerical_gradient, f, x, indices, h,
                hint="indices are flat positions in x, whatever its shape: perturb x.reshape(-1)[i], a view of x.")
     if not np.allclose(x, x0, rtol=0, atol=1e-12):
@@ -1356,7 +1977,8 @@ def check_numerical_gradient(numerical_gradient):
     slope = (c * x + b).reshape(-1)
     half_step = c.reshape(-1)[indices] * h / 2  # the O(h) error of a one-sided difference on this f
     _fail_if("numerical_gradient", _mismatch(
-        "the result", got, expected, "for each i in indices: (f() at x[i] + h  -  f() at x[i] - h) / (2 h).",
+        "the result", got, _answer("numerical_gradient"),
+        "for each i in indices: (f() at x[i] + h  -  f() at x[i] - h) / (2 h).",
         mistakes=[(slope[indices] + half_step, "it is the one-sided difference (f(x + h) - f(x)) / h; the "
                                                "centered (f(x + h) - f(x - h)) / (2 h) is far more accurate "
                                                "(error ~h^2 instead of ~h)."),
@@ -1375,23 +1997,21 @@ def check_numerical_gradient(numerical_gradient):
 
 
 def check_sgd_step(sgd_step):
-    """Check that your sgd_step(params, grads, lr) moves every parameter by -lr * gradient, in place."""
+    """Check that your sgd_step(params, grads, lr) moves every parameter by -lr * gradient, in place (notebook 03 §3)."""
     __tracebackhide__ = True
-    rng = np.random.default_rng(0)  # fixed seed: the same check every run
-    shapes = {"W1": (3, 4), "b1": (3,), "W2": (1, 3), "b2": (1,)}
-    params = {k: rng.standard_normal(s) for k, s in shapes.items()}
-    grads = {k: rng.standard_normal(s) for k, s in shapes.items()}
-    lr = 0.1
+    if _not_yours("sgd_step", sgd_step):
+        return
+    params, grads, lr = _sgd_problem()
     before, arrays = _copy(params), dict(params)  # arrays: the original array objects
     result = _run("sgd_step", sgd_step, params, {k: g.copy() for k, g in grads.items()}, lr)
-    rebound = [k for k in shapes if params.get(k) is not arrays[k]]
-    unchanged = [k for k in shapes if np.array_equal(arrays[k], before[k])]
+    rebound = [k for k in arrays if params.get(k) is not arrays[k]]
+    unchanged = [k for k in arrays if np.array_equal(arrays[k], before[k])]
     if rebound:
         raise ExerciseCheckError(
             f"sgd_step: it puts new arrays into params ({', '.join(rebound)}) instead of changing the arrays "
             f"already there, which other code (your training loop, the model) still holds. Update in place: "
             f"params[name] -= lr * grads[name].")
-    if len(unchanged) == len(shapes):
+    if len(unchanged) == len(arrays):
         if isinstance(result, dict):
             raise ExerciseCheckError("sgd_step: it returns new arrays but leaves params unchanged; update "
                                      "params in place, params[name] -= lr * grads[name] (no return needed).")
@@ -1402,125 +2022,162 @@ def check_sgd_step(sgd_step):
         raise ExerciseCheckError(f"sgd_step: {', '.join(unchanged)} did not change: update every parameter "
                                  f"(loop over params).")
     _fail_if("sgd_step", *_grouped({k: _mismatch(
-        k, arrays[k], before[k] - lr * grads[k], "p -= lr * g: a step of size lr against the gradient.",
-        mistakes=[(before[k] + lr * grads[k], "it moves along the gradient (uphill, the loss grows): "
-                                              "subtract it, p -= lr * g."),
-                  (before[k] - grads[k], "the step ignores the learning rate: p -= lr * g.")])
-        for k in shapes}))
+        k, arrays[k], _answer(f"sgd_step.{k}"), "p -= lr * g: a step of size lr against the gradient.",
+        mistakes=[(_answer(f"sgd_step.{k}.uphill"), "it moves along the gradient (uphill, the loss grows): "
+                                                   "subtract it, p -= lr * g."),
+                  (_answer(f"sgd_step.{k}.without_lr"), "the step ignores the learning rate: p -= lr * g.")])
+        for k in arrays}))
     print("sgd_step: all checks passed.")
 
 
-class _FixedOrder:
-    """Stands in for a random generator in the reference train_epoch: 'shuffles' into a given order."""
-
-    def __init__(self, order):
-        self.order = np.asarray(order)
-
-    def permutation(self, n):
-        return self.order.copy()
-
-
-def _one_hot_problem(n, n_hidden=3, seed=0):
-    """n samples where sample i is pixel i (X = I): only a step on sample i moves column i of W1."""
-    rng = np.random.default_rng(seed)
-    params = {"W1": 0.1 * rng.standard_normal((n_hidden, n)),
-              "b1": np.ones(n_hidden),  # z > 0 for every sample: every visit moves its column of W1
-              "W2": rng.standard_normal((1, n_hidden)), "b2": np.zeros(1)}
-    return params, np.eye(n), rng.standard_normal(n)
+def _problem_of(check, fn):
+    """The message check(fn) fails with, or None when fn passes (its success line is not printed)."""
+    import contextlib
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            check(fn)
+        except ExerciseCheckError as e:
+            return str(e)
+    return None
 
 
-def _replay(params, X, y, lr, batch_size, seed):
-    """The reference epoch for the usual ways to shuffle with default_rng(seed), and with no shuffle."""
-    n = len(X)
-    orders = {"rng.permutation": np.random.default_rng(seed).permutation(n),
-              "rng.choice": np.random.default_rng(seed).choice(n, n, replace=False),
-              "no shuffle": np.arange(n)}
-    replays = {}
-    for how, order in orders.items():
-        p = _copy(params)
-        loss = _ref.train_epoch(p, X, y, lr, batch_size, _FixedOrder(order))
-        replays[how] = (order, p, loss)
-    return replays
+def _broken_helper(train_epoch):
+    """A message naming the first function train_epoch calls (by name) that fails its own check, or None.
+
+    A train_epoch that is right but calls a wrong sgd_step (or backward, ...) gives wrong parameters:
+    the fault, and the fix, are in that function.
+    """
+    names = getattr(train_epoch, "__globals__", {})
+    helpers = {"forward": check_forward, "mse_loss": check_mse_loss, "backward": check_backward,
+               "sgd_step": check_sgd_step}
+    for name, check in helpers.items():
+        fn = names.get(name)
+        if callable(fn) and fn is not getattr(_ref, name) and getattr(fn, "__module__", None) != REFERENCE_MODULE:
+            problem = _problem_of(check, fn)
+            if problem:
+                return (f"train_epoch calls your {name}, and {name} is not right yet, so train_epoch cannot "
+                        f"be either: fix {name} first (fh.check_{name}({name}) says: {problem})")
+    return None
 
 
-def check_train_epoch(train_epoch):
-    """Check one epoch of your train_epoch(params, X, y, lr, batch_size, rng) against the reference.
+def _batch_sizes(n, batch_size):
+    sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
+    return ", ".join(map(str, sizes[:-1])) + f" and {sizes[-1]}" if len(sizes) > 1 else str(sizes[0])
 
-    The inputs are one-hot (sample i is pixel i), so the columns of W1 that moved tell which
-    samples the epoch visited; the parameters at the end are compared with reference epochs.
+
+def _check_one_epoch(train_epoch, n, batch_size, seed, shuffle=None):
+    """One epoch of your train_epoch on a one-hot problem, compared with the reference replays.
+
+    Returns how it shuffles (one of SHUFFLES); shuffle: the way found in an earlier epoch, now required.
     """
     __tracebackhide__ = True
-    name, n, batch_size, lr, seed = "train_epoch", 11, 4, 1e-3, 0  # batches of 4, 4 and 3; small steps
-    start, X, y = _one_hot_problem(n)
+    name, lr = "train_epoch", 1e-3
+    start, X, y = _one_hot_problem(n, seed=seed)
     params, rng = _copy(start), np.random.default_rng(seed)
     rng_state = rng.bit_generator.state
-    _run(name, train_epoch, params, X, y, lr, batch_size, rng)
+    loss = _run(name, train_epoch, params, X, y, lr, batch_size, rng)
+    where = f"with N = {n} and batch_size = {batch_size}"
     frozen = [k for k in start if np.array_equal(params[k], start[k])]
     if frozen:
         raise ExerciseCheckError(f"{name}: {', '.join(frozen)} did not change during the epoch: after "
                                  f"backward, call sgd_step(params, grads, lr) for each batch.")
-    replays = _replay(start, X, y, lr, batch_size, seed)
+    replays = {how: (_answer(f"epoch{n}_{batch_size}.{how}.order"),
+                     {k: _answer(f"epoch{n}_{batch_size}.{how}.{k}") for k in start}) for how in SHUFFLES}
     visited = np.any(params["W1"] != start["W1"], axis=0)
     if not visited.all():
-        missed, r = set(np.flatnonzero(~visited).tolist()), n % batch_size
-        if any(missed == set(order[-r:].tolist()) for order, _, _ in replays.values()):
+        missed, r = set(np.flatnonzero(~visited).tolist()), n % batch_size or batch_size
+        if any(missed == set(order[-r:].tolist()) for order, _ in replays.values()):
             raise ExerciseCheckError(
-                f"{name}: the last, partial batch is dropped: with N = {n} and batch_size = {batch_size} the "
-                f"batches have 4, 4 and {r} samples, and the last {r} samples were never used. Loop over "
-                f"start in range(0, N, batch_size); the slice order[start:start + batch_size] is shorter at the end.")
-        if visited.sum() == batch_size:
+                f"{name}: the last batch is dropped: {where} the batches have {_batch_sizes(n, batch_size)} "
+                f"samples, and the last {r} sample{'s were' if r > 1 else ' was'} never used. Loop over start in "
+                f"range(0, N, batch_size) (not N - 1 or N - batch_size); the slice order[start:start + batch_size] "
+                f"is shorter at the end.")
+        if visited.sum() == min(batch_size, n):
             raise ExerciseCheckError(
                 f"{name}: every step used the same batch: only {batch_size} of {n} samples were visited. "
                 f"Take batch = order[start:start + batch_size] for start = 0, batch_size, 2 * batch_size, ...")
         raise ExerciseCheckError(
-            f"{name}: {len(missed)} of {n} samples were never used: one epoch visits every sample exactly "
-            f"once. Shuffle once per epoch, order = rng.permutation(N), then walk through it in slices of "
-            f"batch_size (random draws per batch repeat some samples and miss others).")
-    match = next((how for how, (_, p, _) in replays.items()
-                  if all(_close(params[k], p[k], 1e-9) for k in p)), None)
-    if match == "no shuffle":
+            f"{name}: {len(missed)} of {n} samples were never used ({where}): one epoch visits every sample "
+            f"exactly once. Shuffle once per epoch, order = rng.permutation(N), then walk through it in slices "
+            f"of batch_size (random draws per batch repeat some samples and miss others).")
+    matches = [how for how, (_, p) in replays.items() if all(_close(params[k], p[k], 1e-9) for k in p)]
+    match = matches[0] if matches else None
+    if match == "no shuffle" and n > 1:
         raise ExerciseCheckError(
             f"{name}: the samples are not shuffled: every epoch would see them in the same order. "
             f"Shuffle with the rng you are given: order = rng.permutation(N); batch = order[start:start + batch_size].")
     if match is None:
         if rng.bit_generator.state == rng_state:
+            again = _copy(start)
+            _run(name, train_epoch, again, X, y, lr, batch_size, np.random.default_rng(seed + 100))
+            if all(np.array_equal(again[k], params[k]) for k in start):
+                raise ExerciseCheckError(
+                    f"{name}: it seeds its own generator (a fixed seed inside train_epoch, e.g. "
+                    f"np.random.default_rng(0) or np.random.seed(0)), so it shuffles the same way whatever rng it "
+                    f"is given: every epoch of a run then sees the samples in the same order. Shuffle with the rng "
+                    f"argument: order = rng.permutation(N).")
             raise ExerciseCheckError(
-                f"{name}: it does not use the rng argument, so the caller's seed does not control the "
-                f"shuffle. Shuffle with it: order = rng.permutation(N) (not np.random, not a new generator).")
+                f"{name}: it does not use the rng argument but an unseeded generator of its own (np.random or "
+                f"np.random.default_rng() without a seed), so the caller's seed does not control the shuffle "
+                f"and a run cannot be repeated. Shuffle with it: order = rng.permutation(N).")
         moved = sum(np.sum((params[k] - start[k]) ** 2) for k in start) ** 0.5
         ref = replays["rng.permutation"][1]
         ratio = moved / sum(np.sum((ref[k] - start[k]) ** 2) for k in start) ** 0.5
         if ratio > 1.5:
             raise ExerciseCheckError(
-                f"{name}: the parameters moved {ratio:.1f} times as far as in one reference epoch: one epoch "
-                f"visits each sample once, with one sgd_step per batch.")
+                f"{name}: the parameters moved {ratio:.1f} times as far as in one reference epoch ({where}): one "
+                f"epoch visits each sample once, with one sgd_step per batch.")
         raise ExerciseCheckError(
-            f"{name}: after one epoch the parameters differ from a reference epoch with the same rng. Check "
-            f"that X and y are indexed with the same batch indices, that each batch goes through forward, "
+            f"{name}: after one epoch {where} the parameters differ from a reference epoch with the same rng. "
+            f"Check that X and y are indexed with the same batch indices, that each batch goes through forward, "
             f"mse_loss, backward and one sgd_step with lr, and shuffle with order = rng.permutation(N) so "
             f"this check can replay your epoch.")
-    _check_epoch_loss(train_epoch, match)
+    if shuffle is not None and shuffle not in matches:
+        raise ExerciseCheckError(f"{name}: {where} it shuffles differently than with N = {EPOCH_CASES[0][0]}; "
+                                 f"shuffle the same way every epoch: order = rng.permutation(N).")
+    match = shuffle or match
+    key = f"epoch{n}_{batch_size}.{match}"
+    n_batches = -(-n // batch_size)
+    _fail_if(name, _mismatch(
+        f"the returned loss ({where})", loss, _answer(f"{key}.loss"),
+        "return the mean loss of the epoch: add up loss * len(batch) over the batches, then divide by N.",
+        mistakes=[(_answer(f"{key}.loss_unweighted"), "it is the plain mean of the batch losses, but the last "
+                   f"batch is smaller (the batches have {_batch_sizes(n, batch_size)} samples): weight each batch's "
+                   f"loss by its size, total_loss += loss * len(batch), and return total_loss / N."),
+                  (_answer(f"{key}.loss_sum"), f"it is the sum of the {n_batches} batch losses: add up "
+                   f"loss * len(batch) and divide by N, the mean over the samples."),
+                  (_answer(f"{key}.loss_last"), "it is the last batch's loss: add up every batch's "
+                   "loss * len(batch) during the loop and return total_loss / N after it.")],
+        tol=1e-9))
+    return match
+
+
+def check_train_epoch(train_epoch):
+    """Check your train_epoch(params, X, y, lr, batch_size, rng) over epochs of several sizes (notebook 03 §4).
+
+    The inputs are one-hot (sample i is pixel i), so the columns of W1 that moved tell which
+    samples the epoch visited; the parameters at the end are compared with reference epochs.
+    """
+    __tracebackhide__ = True
+    if _not_yours("train_epoch", train_epoch):
+        return
+    try:
+        shuffle = None
+        for n, batch_size, seed in EPOCH_CASES:
+            shuffle = _check_one_epoch(train_epoch, n, batch_size, seed, shuffle)
+    except ExerciseCheckError as error:
+        blame = _broken_helper(train_epoch)
+        if blame:
+            raise ExerciseCheckError(blame) from None
+        raise error from None
     print("train_epoch: all checks passed.")
 
 
-def _check_epoch_loss(train_epoch, how, n=12, batch_size=4, lr=1e-3, seed=1):
-    """The returned loss: the mean over the epoch's batches (3 full batches, so any weighting agrees)."""
-    __tracebackhide__ = True
-    start, X, y = _one_hot_problem(n, seed=seed)
-    loss = _run("train_epoch", train_epoch, _copy(start), X, y, lr, batch_size, np.random.default_rng(seed))
-    expected = _replay(start, X, y, lr, batch_size, seed)[how][2]
-    n_batches = n // batch_size
-    _fail_if("train_epoch", _mismatch(
-        "the returned loss", loss, np.asarray(expected),
-        f"return the mean of the {n_batches} batch losses, computed after the loop (not the last batch's loss).",
-        factors={n_batches: f"the sum of the {n_batches} batch losses: divide by the number of batches to "
-                            f"return their mean."},
-        tol=1e-9))
-
-
 def check_weight_image(weight_image):
-    """Check that your weight_image(W1, j) returns row j of W1 as a 48x48 image."""
+    """Check that your weight_image(W1, j) returns row j of W1 as a 48x48 image (notebook 04 §2)."""
     __tracebackhide__ = True
+    if _not_yours("weight_image", weight_image):
+        return
     n_hidden = 5
     W1 = np.random.default_rng(0).standard_normal((n_hidden, N_PIXELS))  # fixed seed: same check every run
     W1_before = W1.copy()
@@ -1546,6 +2203,140 @@ def check_weight_image(weight_image):
     print("weight_image: all checks passed.")
 
 
+def check_add_weight_decay(add_weight_decay):
+    """Check that your add_weight_decay(grads, params, weight_decay) adds weight_decay * W to the
+    gradients of W1 and W2, and leaves the biases' gradients and the parameters alone (notebook 05 §3)."""
+    __tracebackhide__ = True
+    name = "add_weight_decay"
+    if _not_yours(name, add_weight_decay):
+        return
+    params, grads, lam = _decay_problem()
+    mine = _copy(params)
+    result = _run(name, add_weight_decay, {k: g.copy() for k, g in grads.items()}, mine, lam)
+    changed = [k for k in params if not np.array_equal(mine[k], params[k])]
+    if changed:
+        raise ExerciseCheckError(
+            f"{name}: it changed params ({_join(changed)}); it only adds lambda * W to the gradients. The step "
+            f"then moves the weights, p -= lr * (g + lambda * W): shrinking them here as well applies the decay twice.")
+    if result is None:
+        raise ExerciseCheckError(f"{name}: it returns None: end with `return grads` (train() takes the step "
+                                 f"with the gradients it returns).")
+    if not isinstance(result, dict) or any(k not in result for k in grads):
+        raise ExerciseCheckError(f"{name}: it must return the dict of gradients with all four keys, W1, b1, W2 "
+                                 f"and b2, with lambda * W added to W1's and W2's.")
+    weights = {"none": "lambda * W is missing: add weight_decay * params[name] to the gradients of W1 and W2.",
+               "one": "the factor lambda is missing: add weight_decay * W, not W.",
+               "twice": "lambda * W is added twice (or the 1/2 of lambda/2 ||W||^2 was dropped: the derivative "
+                        "of lambda/2 w^2 is lambda w).",
+               "half": "it adds lambda/2 * W: the derivative of lambda/2 w^2 is lambda w (the 2 of the square "
+                       "cancels the 1/2).",
+               "minus": "lambda * W is subtracted: the penalty's gradient is added to the loss's (the step "
+                        "subtracts the sum).",
+               "only": "it replaces backward's gradient by lambda * W: add it, grads[name] + weight_decay * params[name]."}
+    biases = {"lambda": "the bias is decayed too: the penalty is on the weights W1 and W2 only (a bias multiplies "
+                        "no pixel, and keeping it free costs no overfitting): leave its gradient as backward computed it.",
+              "one": "the bias is decayed too, without the factor lambda: decay W1 and W2 only."}
+    _fail_if(name, *_grouped({k: _mismatch(
+        k, result[k], _answer(f"{name}.{k}"),
+        f"{k}'s gradient is backward's plus lambda * {k}." if k[0] == "W" else
+        f"leave the gradient of {k} as backward computed it.",
+        mistakes=[(_answer(f"{name}.{k}.{how}"), text) for how, text in (weights if k[0] == "W" else biases).items()])
+        for k in grads}))
+    print(f"{name}: all checks passed.")
+
+
+def check_momentum_step(momentum_step):
+    """Check three steps of your momentum_step(params, grads, velocity, lr, momentum) against
+    v <- momentum * v - lr * g, then p <- p + v, from a velocity of zeros (notebook 05 §4)."""
+    __tracebackhide__ = True
+    name = "momentum_step"
+    if _not_yours(name, momentum_step):
+        return
+    _, all_grads, lr, mu = _momentum_problem()
+    velocity_mistakes = {
+        "uphill": "it has the wrong sign: v <- momentum * v - lr * g (the velocity points downhill, against the gradient).",
+        "forgets": "the new velocity forgets the old one: v <- momentum * v - lr * g keeps a fraction momentum of "
+                   "it (is velocity reset, or not kept, between steps?).",
+        "without_momentum": "the factor momentum is missing: v <- momentum * v - lr * g.",
+        "without_lr": "the learning rate is missing: v <- momentum * v - lr * g (then p <- p + v, without lr).",
+        "average": "this is a running average of the gradients; this notebook's momentum is "
+                   "v <- momentum * v - lr * g, then p <- p + v."}
+    param_mistakes = {
+        "minus_v": "it has the wrong sign: p <- p + v (v already points downhill).",
+        "old_v": "it moved with the velocity of the step before (at the first step: not at all): update v "
+                 "first, then p <- p + v.",
+        "start": "it did not change: p += v, in place, for every parameter.",
+        "sgd": "it took a plain SGD step: p <- p + v, with the new velocity."}
+    for t, grads in enumerate(all_grads, 1):  # each step starts from the reference's state after the step before
+        params = {k: np.array(_answer(f"momentum{t}.p_start.{k}")) for k in grads}
+        velocity = {k: np.array(_answer(f"momentum{t}.v_start.{k}")) for k in grads}
+        arrays, v_before = dict(params), _copy(velocity)  # arrays: the update must change them in place
+        _run(name, momentum_step, params, {k: g.copy() for k, g in grads.items()}, velocity, lr, mu)
+        at = f"{name} (step {t} of 3)"
+        rebound = [k for k in grads if params.get(k) is not arrays[k]]
+        if rebound:
+            raise ExerciseCheckError(
+                f"{at}: it puts new arrays into params ({_join(rebound)}) instead of changing the arrays already "
+                f"there, which the training loop and the model still hold. Update in place: params[name] += v.")
+        if any(k not in velocity for k in grads):
+            raise ExerciseCheckError(f"{at}: velocity lost one of its keys W1, b1, W2, b2: update velocity[name] "
+                                     f"for every parameter (in place, or velocity[name] = ...).")
+        still = [k for k in grads if np.array_equal(velocity[k], v_before[k])]
+        if still and len(still) < len(grads):
+            raise ExerciseCheckError(f"{at}: the velocity of {_join(still)} did not change: update every "
+                                     f"parameter and its velocity (loop over params.items()).")
+        if still:
+            raise ExerciseCheckError(
+                f"{at}: velocity did not change, so the next step cannot remember this one (every step would be "
+                f"plain SGD). Keep the new velocity in the dict you are given: v = velocity[name]; v *= momentum; "
+                f"v -= lr * g (a new array, `v = momentum * v - lr * g`, only renames; velocity[name] = ... stores it).")
+        _fail_if(at, *("velocity: " + line for line in _grouped({k: _mismatch(
+            k, velocity[k], _answer(f"momentum{t}.v.{k}"), "v <- momentum * v - lr * g.",
+            mistakes=[(_answer(f"momentum{t}.v.{k}.{how}"), text) for how, text in velocity_mistakes.items()])
+            for k in grads})))
+        _fail_if(at, *("params: " + line for line in _grouped({k: _mismatch(
+            k, params[k], _answer(f"momentum{t}.p.{k}"), "p <- p + v, with the velocity of this step.",
+            mistakes=[(_answer(f"momentum{t}.p.{k}.{how}"), text) for how, text in param_mistakes.items()])
+            for k in grads})))
+    print(f"{name}: all checks passed.")
+
+
+def check_backward_to_input(backward_to_input):
+    """Check your backward_to_input(params, cache, dy_hat) -> dX, the backward pass carried on to the
+    faces, on 5 faces and 4 hidden units (notebook 06 §2)."""
+    __tracebackhide__ = True
+    name = "backward_to_input"
+    params, X, y = _net_problem()  # 5 faces, 4 hidden units: dX (5, 2304) and dW1 (4, 2304) differ in shape
+    y_hat, cache = _ref.forward(params, X)
+    _, dy_hat = mse_loss(y_hat, y)  # not all equal: a dX that ignores dy_hat cannot pass
+    _, Z, H = cache
+    W1, W2 = params["W1"], params["W2"]
+    N, hidden = Z.shape
+    dH = dy_hat[:, None] * W2
+    expected = (dH * (Z > 0)) @ W1
+    dX = _run(name, backward_to_input, _copy(params), tuple(a.copy() for a in cache), dy_hat.copy(),
+              hint="dZ is (N, hidden) and W1 is (hidden, 2304), so dX = dZ @ W1 needs no .T: for one face "
+                   "dx = W1^T dz, and with faces in rows that product becomes dz @ W1.")
+    _fail_if(name, _mismatch(
+        "dX", dX, expected, "dH = dy_hat[:, None] * W2, dZ = dH * (Z > 0), then dX = dZ @ W1.",
+        mistakes=[(dH @ W1, "the ReLU mask is missing: gradient reaches the pixels only through units that are "
+                            "on, so dZ = dH * (Z > 0); then dX = dZ @ W1."),
+                  ((dH * H) @ W1, "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0)."),
+                  ((W2 * (Z > 0)) @ W1, "dy_hat is missing: dH = dy_hat[:, None] * W2 (with dy_hat = 1 for "
+                                        "every face, dX is dŷ/dx).")],
+        shapes={(hidden, N_PIXELS): "that is the shape of W1 and of dW1 = dZ.T @ X, the gradient for the "
+                                    "weights, summed over the faces. For the faces swap the roles of X and W1: "
+                                    "dX = dZ @ W1, one row per face.",
+                (N_PIXELS, N): "it looks transposed: dX has the shape of X, one row per face: dX = dZ @ W1.",
+                (N, hidden): "that is dZ; one more step takes it to the pixels: dX = dZ @ W1.",
+                (N_PIXELS,): "it is summed over the faces; each face has its own gradient: dX = dZ @ W1 is (N, 2304)."},
+        factors={-1: "minus the right values: a sign error; return the gradient itself.",
+                 1 / N: f"{N} times too small (N = {N} faces): dy_hat already holds the 1/N of the mean; "
+                        f"don't divide by N again.",
+                 N: f"{N} times too large (N = {N} faces): dy_hat already holds the 1/N of the mean."}))
+    print(f"{name}: all checks passed.")
+
+
 # =============================================================================
 # Command line
 # =============================================================================
@@ -1553,6 +2344,9 @@ def check_weight_image(weight_image):
 
 def _cmd_train(args):
     t0 = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # checked now, not after an hour of training
+        raise DataError(f"--out {out} is a file; give a folder for weight_images/ and model.npz, e.g. --out results")
     data = load_data(args.data)
     print(data.summary())
     baseline_rows = baselines(data)  # ridge needs the whole training split: fit it before training
@@ -1568,9 +2362,10 @@ def _cmd_train(args):
                                 ("test", X_test, y_test))}
     rows.update({f"baseline: {k} (test)": v for k, v in baseline_rows.items()})
     print(format_metrics_table(rows))
-    out = Path(args.out)
     paths = save_weight_images(model.params["W1"], out / "weight_images")
+    args.written.append(out / "weight_images")
     save_model(model, out / "model.npz")
+    args.written.append(out / "model.npz")
     print(f"wrote {len(paths) - 1} weight images and weight_grid.png to {out / 'weight_images'}, "
           f"and {out / 'model.npz'} ({time.perf_counter() - t0:.0f} s)")
 
@@ -1584,49 +2379,110 @@ def _cmd_evaluate(args):
 
 def _cmd_build_data(args):
     build_data_zip(args.source, args.out, args.test_fraction, args.seed)
+    args.written.append(Path(args.out))
+
+
+# Each command's options and their defaults. The parser itself has no defaults (SUPPRESS), so the
+# parsed arguments hold exactly what was typed, before or after the command's name; main() refuses an
+# option the command does not use and fills in the rest from here.
+COMMAND_OPTIONS = {
+    "train": dict(data=None, hidden=DEFAULTS["n_hidden"], lr=DEFAULTS["lr"], lr_decay=DEFAULTS["lr_decay"],
+                  batch_size=DEFAULTS["batch_size"], epochs=DEFAULTS["epochs"], mirror=DEFAULTS["mirror"],
+                  seed=DEFAULTS["seed"], val_fraction=DEFAULTS["val_fraction"], dtype="float32", out="."),
+    "evaluate": dict(model="model.npz", data=None),
+    "build-data": dict(source=None, out="data.zip", test_fraction=0.19, seed=0),
+}
+
+
+def _whole(minimum, example):
+    """An argparse type: a whole number >= minimum."""
+    def parse(text):
+        if not re.fullmatch(r"[+-]?[0-9]+", text.strip()) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum} "
+                                             f"(e.g. {example}), not {text!r}")
+        return int(text)
+    return parse
+
+
+def _number(low, high=None, high_ok=False, example=None):
+    """An argparse type: a finite number above low (and below high, or up to it when high_ok)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value > low and (high is None or value < high or high_ok and value == high)):
+            between = (f"greater than {low:g}" if high is None else
+                       f"between {low:g} and {high:g}" + (" (at most 1)" if high_ok else ""))
+            raise argparse.ArgumentTypeError(f"expected a number {between} (e.g. {example}), not {text!r}")
+        return value
+    return parse
+
+
+def _add_training_options(p):
+    d = COMMAND_OPTIONS["train"]
+    p.add_argument("--data", help="path to data.zip (default: $FACEAGE_DATA, then ./data.zip)")
+    p.add_argument("--hidden", type=_whole(1, d["hidden"]), help=f"hidden units (default {d['hidden']})")
+    p.add_argument("--lr", type=_number(0, example=d["lr"]), help=f"SGD learning rate (default {d['lr']})")
+    p.add_argument("--lr-decay", type=_number(0, 1, high_ok=True, example=d["lr_decay"]),
+                   help=f"learning rate multiplier per epoch (default {d['lr_decay']})")
+    p.add_argument("--batch-size", type=_whole(1, d["batch_size"]), help=f"minibatch size (default {d['batch_size']})")
+    p.add_argument("--epochs", type=_whole(1, d["epochs"]), help=f"passes over the data (default {d['epochs']})")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false",
+                   help="don't add left-right mirrored faces to the training data")
+    p.add_argument("--seed", type=_whole(0, d["seed"]), help=f"seed for split, init and shuffling (default {d['seed']})")
+    p.add_argument("--val-fraction", type=_number(0, 1, example=d["val_fraction"]),
+                   help=f"share of training faces held out for validation (default {d['val_fraction']})")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help="training precision (default float32; float64 is slower)")
+    p.add_argument("--out", help="folder for weight_images/ and model.npz (default: current folder)")
 
 
 def make_parser():
     parser = argparse.ArgumentParser(
-        prog="python faceage_helpers.py",
+        prog="python faceage_helpers.py", argument_default=argparse.SUPPRESS,
         description="FaceAge: train the age-estimating network on data.zip (the default), evaluate a "
-                    "saved model, or build data.zip from UTKFace.")
-    parser.add_argument("--data", help="path to data.zip (default: $FACEAGE_DATA, then ./data.zip)")
-    parser.add_argument("--hidden", type=int, default=DEFAULTS["n_hidden"], help="hidden units (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate (default %(default)s)")
-    parser.add_argument("--lr-decay", type=float, default=DEFAULTS["lr_decay"],
-                        help="learning rate multiplier per epoch (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="minibatch size (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the data (default %(default)s)")
-    parser.add_argument("--no-mirror", dest="mirror", action="store_false",
-                        help="don't add left-right mirrored faces to the training data")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed for split, init and shuffling (default %(default)s)")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
-                        help="share of training faces held out for validation (default %(default)s)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                        help="training precision (default %(default)s; float64 is slower)")
-    parser.add_argument("--out", default=".", help="folder for weight_images/ and model.npz (default: current folder)")
+                    "saved model, or build data.zip from UTKFace. Options may come before or after the command.")
+    _add_training_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,build-data}")
-    sub.add_parser("train", help="train with the options above (the default when no command is given)")
-    ev = sub.add_parser("evaluate", help="test-split RMSE and MAE of a saved model")
-    ev.add_argument("--model", default="model.npz", help="model file from training (default %(default)s)")
+    _add_training_options(sub.add_parser("train", argument_default=argparse.SUPPRESS,
+                                         help="train with the options above (the default when no command is given)"))
+    ev = sub.add_parser("evaluate", argument_default=argparse.SUPPRESS, help="test-split RMSE and MAE of a saved model")
+    ev.add_argument("--model", help="model file from training (default model.npz)")
     ev.add_argument("--data", help="data.zip in the course layout (default: $FACEAGE_DATA, then ./data.zip)")
-    bd = sub.add_parser("build-data", help="build data.zip from UTKFace's 'Aligned & Cropped' folder or .tar.gz")
+    bd = sub.add_parser("build-data", argument_default=argparse.SUPPRESS,
+                        help="build data.zip from UTKFace's 'Aligned & Cropped' folder or .tar.gz")
+    d = COMMAND_OPTIONS["build-data"]
     bd.add_argument("source", help="UTKFace folder or UTKFace.tar.gz")
-    bd.add_argument("--out", default="data.zip", help="zip to write (default %(default)s)")
-    bd.add_argument("--test-fraction", type=float, default=0.19, help="share of faces for the test split (default %(default)s)")
-    bd.add_argument("--seed", type=int, default=0, help="seed for the train/test split (default %(default)s)")
+    bd.add_argument("--out", help=f"zip to write (default {d['out']})")
+    bd.add_argument("--test-fraction", type=_number(0, 1, example=d["test_fraction"]),
+                    help=f"share of faces for the test split (default {d['test_fraction']})")
+    bd.add_argument("--seed", type=_whole(0, d["seed"]), help=f"seed for the train/test split (default {d['seed']})")
     return parser
 
 
 def main(argv=None):
-    args = make_parser().parse_args(argv)
-    command = {"evaluate": _cmd_evaluate, "build-data": _cmd_build_data}.get(args.command, _cmd_train)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    command = getattr(args, "command", None) or "train"
+    for name in vars(args):
+        if name not in COMMAND_OPTIONS[command] and name != "command":
+            flag = "--no-mirror" if name == "mirror" else "--" + name.replace("_", "-")
+            owners = " and ".join(c for c, options in COMMAND_OPTIONS.items() if name in options)
+            parser.error(f"{flag} is an option of {owners}, not of {command}: drop it.")
+    for name, default in COMMAND_OPTIONS[command].items():
+        vars(args).setdefault(name, default)
+    args.written = []  # outputs finished so far, for the message after a Ctrl-C
     try:
-        command(args)
-    except (DataError, TrainingDiverged) as e:
+        {"train": _cmd_train, "evaluate": _cmd_evaluate, "build-data": _cmd_build_data}[command](args)
+    except (DataError, TrainingDiverged, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        done = f"finished writing {', '.join(map(str, args.written))}; " if args.written else ""
+        print(f"error: interrupted (Ctrl-C). {done}every other file is as it was before this run (files are "
+              f"replaced whole or not at all). Run the command again to finish.", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -55,8 +55,12 @@ def test_missing_file_says_where_it_looked_and_how_to_get_one(tmp_path, monkeypa
     with pytest.raises(fh.DataError) as e:
         fh.load_data()
     msg = str(e.value)
-    assert "nowhere.zip" in msg and "$FACEAGE_DATA" in msg and str(tmp_path / "data.zip") in msg
+    assert "nowhere.zip" in msg and "$FACEAGE_DATA" in msg and "does not exist" in msg
     assert "build-data" in msg
+    monkeypatch.delenv("FACEAGE_DATA")
+    with pytest.raises(fh.DataError) as e:
+        fh.load_data()
+    assert str(tmp_path / "data.zip") in str(e.value)
     with pytest.raises(fh.DataError, match="the path you gave"):
         fh.load_data(tmp_path / "typo.zip")
 

@@ -4,6 +4,7 @@ The mutants below are the mistakes students make; each test asserts the check fa
 message that explains that mistake (and, for the reference, prints exactly one line).
 """
 import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +27,42 @@ def stub(*args):
     raise NotImplementedError("Z = X @ W1.T + b1, then H = relu(Z)")
 
 
-@pytest.mark.parametrize("check, reference", [
-    (fh.check_forward, fh.forward),
-    (fh.check_backward, fh.backward),
-    (fh.check_numerical_gradient, fh.numerical_gradient),
-    (fh.check_sgd_step, fh.sgd_step),
-    (fh.check_train_epoch, fh.train_epoch),
-    (fh.check_weight_image, lambda W1, j: W1[j].reshape(48, 48)),
-])
-def test_reference_passes_with_one_line(check, reference, capsys):
-    check(reference)
-    name = check.__name__.removeprefix("check_")
+def twin(fn, module=None):
+    """A copy of one of the module's functions: the same code, but not the object fh hands out."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    copy.__module__ = module or "__main__"
+    return copy
+
+
+LESSON = ["forward", "mse_loss", "backward", "numerical_gradient", "sgd_step", "train_epoch"]
+CHECKS = [getattr(fh, f"check_{name}") for name in LESSON] + [fh.check_weight_image]
+
+
+@pytest.mark.parametrize("name", LESSON)
+def test_reference_code_passes_with_one_line(name, capsys):
+    getattr(fh, f"check_{name}")(twin(getattr(fh, name)))
     assert capsys.readouterr().out == f"{name}: all checks passed.\n"
 
 
-@pytest.mark.parametrize("check", [fh.check_forward, fh.check_backward, fh.check_numerical_gradient,
-                                   fh.check_sgd_step, fh.check_train_epoch, fh.check_weight_image])
+def test_weight_image_passes_with_one_line(capsys):
+    fh.check_weight_image(lambda W1, j: W1[j].reshape(48, 48))
+    assert capsys.readouterr().out == "weight_image: all checks passed.\n"
+
+
+@pytest.mark.parametrize("name", LESSON + ["weight_image"])
+def test_the_modules_own_function_is_named_as_such_not_passed(name, capsys):
+    fails(getattr(fh, f"check_{name}"), getattr(fh, name), f"{name}: this is fh.{name}, the module's own function, not yours")
+    assert "all checks passed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", LESSON)
+def test_the_released_reference_is_named_as_such_not_passed(name, capsys):
+    getattr(fh, f"check_{name}")(twin(getattr(fh, name), module=fh.REFERENCE_MODULE))
+    assert capsys.readouterr().out == (f"{name}: this is the teacher's reference (faceage_reference.py), "
+                                       f"not your own code: not checked.\n")
+
+
+@pytest.mark.parametrize("check", CHECKS)
 def test_unfilled_stub_says_not_implemented_and_repeats_the_hint(check):
     name = check.__name__.removeprefix("check_")
     message = fails(check, stub, f"{name} is not implemented yet: fill in the cell above",
@@ -103,6 +124,57 @@ FORWARD_MISTAKES = [
 @pytest.mark.parametrize("mutant, phrases", FORWARD_MISTAKES)
 def test_forward_mistakes(mutant, phrases):
     fails(fh.check_forward, mutant, *phrases)
+
+
+# --- mse_loss ------------------------------------------------------------------------------
+
+def loss_summed(y_hat, y):
+    return float(np.sum((y_hat - y) ** 2)), 2 * (y_hat - y) / len(y)
+
+
+def loss_gradient_without_n(y_hat, y):
+    return float(np.mean((y_hat - y) ** 2)), 2 * (y_hat - y)
+
+
+def loss_gradient_without_2(y_hat, y):
+    return float(np.mean((y_hat - y) ** 2)), (y_hat - y) / len(y)
+
+
+def loss_gradient_wrong_sign(y_hat, y):
+    return float(np.mean((y_hat - y) ** 2)), 2 * (y - y_hat) / len(y)
+
+
+def loss_gradient_averaged(y_hat, y):
+    return float(np.mean((y_hat - y) ** 2)), np.mean(2 * (y_hat - y))
+
+
+def loss_absolute(y_hat, y):
+    return float(np.mean(np.abs(y_hat - y))), 2 * (y_hat - y) / len(y)
+
+
+def loss_fixed_batch_size(y_hat, y):  # right for the notebook's first batch of 5, wrong for any other N
+    return float(np.sum((y_hat - y) ** 2) / 5), 2 * (y_hat - y) / 5
+
+
+def loss_only(y_hat, y):
+    return float(np.mean((y_hat - y) ** 2))
+
+
+MSE_LOSS_MISTAKES = [
+    (loss_summed, ["the loss (N = 5) is 5 times too large", "the sum of the squared errors"]),
+    (loss_gradient_without_n, ["dy_hat (N = 5) is 5 times too large", "2 (y_hat - y) / N"]),
+    (loss_gradient_without_2, ["dy_hat (N = 5) is half the right values", "keep the factor 2"]),
+    (loss_gradient_wrong_sign, ["dy_hat (N = 5) is minus the right values", "not 2 (y - y_hat)"]),
+    (loss_gradient_averaged, ["dy_hat (N = 5) has shape (), expected (5,)", "one entry per face"]),
+    (loss_absolute, ["the loss (N = 5) is wrong: it is the mean absolute error"]),
+    (loss_fixed_batch_size, ["the loss (N = 3) is", "dy_hat (N = 3) is"]),
+    (loss_only, ["must return two things", "return loss, dy_hat"]),
+]
+
+
+@pytest.mark.parametrize("mutant, phrases", MSE_LOSS_MISTAKES)
+def test_mse_loss_mistakes(mutant, phrases):
+    fails(fh.check_mse_loss, mutant, *phrases)
 
 
 # --- backward ------------------------------------------------------------------------------
@@ -293,14 +365,23 @@ def step(params, X, y, lr):
     return loss
 
 
-def epoch_over(order, params, X, y, lr, batch_size):
-    losses = [step(params, X[order[s:s + batch_size]], y[order[s:s + batch_size]], lr)
-              for s in range(0, len(order), batch_size)]
-    return float(np.mean(losses))
+def epoch_over(order, params, X, y, lr, batch_size, stop=None):
+    """The epoch in the given order, batch starts in range(0, stop or N, batch_size); the weighted mean loss."""
+    total = 0.0
+    for s in range(0, len(order) if stop is None else stop, batch_size):
+        batch = order[s:s + batch_size]
+        total += step(params, X[batch], y[batch], lr) * len(batch)
+    return total / len(order)
 
 
-def epoch_choice_and_batch_mean(params, X, y, lr, batch_size, rng):  # correct, written differently
+def epoch_with_choice(params, X, y, lr, batch_size, rng):  # correct, shuffled differently
     return epoch_over(rng.choice(len(X), len(X), replace=False), params, X, y, lr, batch_size)
+
+
+def epoch_unweighted_mean(params, X, y, lr, batch_size, rng):
+    order = rng.permutation(len(X))
+    return float(np.mean([step(params, X[order[s:s + batch_size]], y[order[s:s + batch_size]], lr)
+                          for s in range(0, len(X), batch_size)]))
 
 
 def epoch_without_shuffle(params, X, y, lr, batch_size, rng):
@@ -309,25 +390,33 @@ def epoch_without_shuffle(params, X, y, lr, batch_size, rng):
 
 def epoch_same_batch(params, X, y, lr, batch_size, rng):
     order = rng.permutation(len(X))
-    losses = [step(params, X[order[:batch_size]], y[order[:batch_size]], lr) for _ in range(0, len(X), batch_size)]
-    return float(np.mean(losses))
+    for _ in range(0, len(X), batch_size):
+        step(params, X[order[:batch_size]], y[order[:batch_size]], lr)
+    return 1.0
 
 
 def epoch_drops_last_batch(params, X, y, lr, batch_size, rng):
     order = rng.permutation(len(X))
-    return epoch_over(order[:len(X) // batch_size * batch_size], params, X, y, lr, batch_size)
+    return epoch_over(order, params, X, y, lr, batch_size, stop=len(X) // batch_size * batch_size)
+
+
+def epoch_off_by_one(params, X, y, lr, batch_size, rng):  # right unless the last batch has one sample
+    return epoch_over(rng.permutation(len(X)), params, X, y, lr, batch_size, stop=len(X) - 1)
 
 
 def epoch_random_batches(params, X, y, lr, batch_size, rng):
-    losses = []
     for _ in range(0, len(X), batch_size):
         batch = rng.integers(0, len(X), batch_size)
-        losses.append(step(params, X[batch], y[batch], lr))
-    return float(np.mean(losses))
+        step(params, X[batch], y[batch], lr)
+    return 1.0
 
 
-def epoch_global_rng(params, X, y, lr, batch_size, rng):
+def epoch_seeds_its_own(params, X, y, lr, batch_size, rng):
     return epoch_over(np.random.default_rng(123).permutation(len(X)), params, X, y, lr, batch_size)
+
+
+def epoch_unseeded(params, X, y, lr, batch_size, rng):
+    return epoch_over(np.random.default_rng().permutation(len(X)), params, X, y, lr, batch_size)
 
 
 def epoch_twice(params, X, y, lr, batch_size, rng):
@@ -338,8 +427,9 @@ def epoch_twice(params, X, y, lr, batch_size, rng):
 
 def epoch_shuffles_x_only(params, X, y, lr, batch_size, rng):
     order = rng.permutation(len(X))
-    losses = [step(params, X[order[s:s + batch_size]], y[s:s + batch_size], lr) for s in range(0, len(X), batch_size)]
-    return float(np.mean(losses))
+    for s in range(0, len(X), batch_size):
+        step(params, X[order[s:s + batch_size]], y[s:s + batch_size], lr)
+    return 1.0
 
 
 def epoch_returns_sum(params, X, y, lr, batch_size, rng):
@@ -359,21 +449,26 @@ def epoch_without_update(params, X, y, lr, batch_size, rng):
     return fh.mse_loss(fh.forward(params, X)[0], y)[0]
 
 
-def test_train_epoch_accepts_another_shuffle_and_an_unweighted_batch_mean(capsys):
-    fh.check_train_epoch(epoch_choice_and_batch_mean)
+def test_train_epoch_accepts_another_shuffle(capsys):
+    fh.check_train_epoch(epoch_with_choice)
     assert capsys.readouterr().out == "train_epoch: all checks passed.\n"
 
 
 TRAIN_EPOCH_MISTAKES = [
+    (epoch_unweighted_mean, ["the returned loss (with N = 11 and batch_size = 4) is wrong: it is the plain mean of the "
+                             "batch losses", "4, 4 and 3 samples", "total_loss += loss * len(batch)"]),
     (epoch_without_shuffle, ["not shuffled", "rng.permutation(N)"]),
     (epoch_same_batch, ["every step used the same batch", "only 4 of 11 samples"]),
-    (epoch_drops_last_batch, ["the last, partial batch is dropped", "the last 3 samples were never used"]),
+    (epoch_drops_last_batch, ["the last batch is dropped", "4, 4 and 3 samples", "the last 3 samples were never used"]),
+    (epoch_off_by_one, ["the last batch is dropped: with N = 9 and batch_size = 4 the batches have 4, 4 and 1 "
+                        "samples, and the last 1 sample was never used", "range(0, N, batch_size)"]),
     (epoch_random_batches, ["samples were never used", "exactly once"]),
-    (epoch_global_rng, ["does not use the rng argument"]),
+    (epoch_seeds_its_own, ["it seeds its own generator", "whatever rng it is given", "order = rng.permutation(N)"]),
+    (epoch_unseeded, ["an unseeded generator of its own", "cannot be repeated"]),
     (epoch_twice, ["moved 2.0 times as far as in one reference epoch"]),
     (epoch_shuffles_x_only, ["differ from a reference epoch", "X and y are indexed with the same batch indices"]),
-    (epoch_returns_sum, ["the returned loss is the sum of the 3 batch losses"]),
-    (epoch_returns_last_loss, ["the returned loss is 4.43604, expected 3.83137", "not the last batch's loss"]),
+    (epoch_returns_sum, ["it is the sum of the 3 batch losses"]),
+    (epoch_returns_last_loss, ["it is the last batch's loss"]),
     (epoch_without_update, ["W1, b1, W2, b2 did not change", "sgd_step"]),
 ]
 
@@ -381,6 +476,46 @@ TRAIN_EPOCH_MISTAKES = [
 @pytest.mark.parametrize("mutant, phrases", TRAIN_EPOCH_MISTAKES)
 def test_train_epoch_mistakes(mutant, phrases):
     fails(fh.check_train_epoch, mutant, *phrases)
+
+
+LESSON_LOOP = """
+def train_epoch(params, X, y, lr, batch_size, rng):
+    n = len(X)
+    order = rng.permutation(n)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        batch = order[start:start + batch_size]
+        y_hat, cache = forward(params, X[batch])
+        loss, dy_hat = mse_loss(y_hat, y[batch])
+        sgd_step(params, backward(params, cache, dy_hat), lr)
+        total += loss * len(batch)
+    return total / n
+"""
+
+
+def notebook_train_epoch(**helpers):
+    """A correct train_epoch, defined as in notebook 03 where the names it calls are the notebook's own."""
+    namespace = {"forward": twin(fh.forward), "mse_loss": twin(fh.mse_loss), "backward": twin(fh.backward),
+                 "sgd_step": twin(fh.sgd_step), **helpers}
+    exec(LESSON_LOOP, namespace)
+    return namespace["train_epoch"]
+
+
+def test_a_correct_train_epoch_over_the_notebooks_own_functions_passes(capsys):
+    fh.check_train_epoch(notebook_train_epoch())
+    assert capsys.readouterr().out == "train_epoch: all checks passed.\n"
+
+
+@pytest.mark.parametrize("broken, phrases", [
+    ({"sgd_step": sgd_rebinds_loop_variable}, ["train_epoch calls your sgd_step, and sgd_step is not right yet",
+                                               "fix sgd_step first", "params did not change"]),
+    ({"sgd_step": sgd_plus}, ["your sgd_step", "uphill"]),
+    ({"backward": backward_flipped_sign}, ["train_epoch calls your backward", "a sign error"]),
+    ({"mse_loss": loss_gradient_without_2}, ["train_epoch calls your mse_loss", "keep the factor 2"]),
+])
+def test_a_broken_helper_is_blamed_not_train_epoch(broken, phrases):
+    message = fails(fh.check_train_epoch, notebook_train_epoch(**broken), *phrases)
+    assert message.startswith("train_epoch calls your")
 
 
 # --- weight_image --------------------------------------------------------------------------
@@ -406,6 +541,7 @@ def test_messages_quoted_in_teaching_md_are_what_the_checks_say():
     """Every line of a ```text block in TEACHING.md is part of a message some mistake above produces."""
     tables = {fh.check_forward: FORWARD_MISTAKES, fh.check_backward: BACKWARD_MISTAKES,
               fh.check_numerical_gradient: NUMERICAL_GRADIENT_MISTAKES, fh.check_sgd_step: SGD_STEP_MISTAKES,
+              fh.check_mse_loss: MSE_LOSS_MISTAKES,
               fh.check_train_epoch: TRAIN_EPOCH_MISTAKES, fh.check_weight_image: WEIGHT_IMAGE_MISTAKES}
     messages = [fails(check, mutant) for check, table in tables.items() for mutant, _ in table]
     messages += [fails(fh.check_backward, backward_without_mask), fails(fh.check_forward, stub)]

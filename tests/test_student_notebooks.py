@@ -6,8 +6,12 @@ check cell with its own hint, and the exercise notebook with the solutions paste
 to bottom (one kernel per notebook: these runs dominate the time of this file).
 """
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import ast
 
 import nbformat
 import pytest
@@ -108,13 +112,14 @@ def test_malformed_markers_are_refused_naming_notebook_cell_and_line(source, pro
 
 def test_command_writes_a_self_contained_folder_and_writes_nothing_on_bad_markers(tmp_path, capsys):
     (tmp_path / "notebooks").mkdir()
-    (tmp_path / "faceage_helpers.py").write_text("# the module\n")
+    shutil.copy2(ROOT / "faceage_helpers.py", tmp_path / "faceage_helpers.py")
     nbformat.write(fixture_notebook(), tmp_path / "notebooks" / "02_good.ipynb")
     ms.main([str(tmp_path / "notebooks"), str(tmp_path / "out")])
     assert "02_good.ipynb: 2 exercises" in capsys.readouterr().out
     written = nbformat.read(tmp_path / "out" / "notebooks" / "02_good.ipynb", as_version=4)
     assert written.cells[2].source == EXERCISE_STUBBED
-    assert (tmp_path / "out" / "faceage_helpers.py").read_text() == "# the module\n"
+    assert "def _yours(name, *args):" in (tmp_path / "out" / "faceage_helpers.py").read_text()
+    assert (tmp_path / "out" / "check_answers.npz").is_file()
 
     nbformat.write(fixture_notebook("### BEGIN SOLUTION\n### HINT: h\nx = 1"), tmp_path / "notebooks" / "03_bad.ipynb")
     with pytest.raises(SystemExit) as info:
@@ -125,11 +130,19 @@ def test_command_writes_a_self_contained_folder_and_writes_nothing_on_bad_marker
         ms.make_student(tmp_path / "notebooks", tmp_path)
 
 
+def test_written_answers_become_empty_answer_cells():
+    nb = fixture_notebook()
+    nb.cells.append(new_markdown_cell("**My derivation.** $dW_2 = d\\hat y^T H$", metadata={"tags": [ms.WRITTEN]}))
+    out = ms.exercise_notebook(nb)
+    assert out.cells[-1].source == "**My derivation.** *(Double-click this cell and write your answer here.)*"
+    assert out.cells[-1].metadata == nb.cells[-1].metadata and out.cells[0].source == nb.cells[0].source
+
+
 # --- the real notebooks --------------------------------------------------------------------
 
 SOLUTIONS = {p.name: nbformat.read(p, as_version=4) for p in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))}
 WITH_EXERCISES = [name for name, nb in SOLUTIONS.items() if ms.count_blocks(nb, name)]
-CHECKS = ["check_forward", "check_backward", "check_numerical_gradient", "check_sgd_step",
+CHECKS = ["check_forward", "check_mse_loss", "check_backward", "check_numerical_gradient", "check_sgd_step",
           "check_train_epoch", "check_weight_image"]
 
 
@@ -184,6 +197,8 @@ def test_no_solution_line_survives_and_nothing_else_changes(edition):
                 assert after.outputs == [] and after.execution_count is None
                 assert ms.find_blocks(before.source) or after.source == before.source
                 assert not ms.find_blocks(after.source) and ms.BEGIN not in after.source
+            elif ms.is_written_answer(before):
+                assert after.source == ms.answer_prompt(before) and after.source != before.source
             else:
                 assert after.source == before.source
         assert nb.metadata == solution.metadata
@@ -206,20 +221,44 @@ def run(client, cell, index):
     return None
 
 
+def save_filled_in(out, student, replace=None):
+    """Paste every solution into the classroom edition and save it, as a student would (lesson_functions
+    reads the saved notebooks); replace: {(notebook, function): new source of that exercise cell}."""
+    filled = {}
+    for name, nb in student.items():
+        nb = ms.filled_notebook(nb, SOLUTIONS[name])
+        for (target, function), source in (replace or {}).items():
+            if target == name:
+                [cell] = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(f"def {function}(")]
+                cell.source = source
+        nbformat.write(nb, out / "notebooks" / name)
+        filled[name] = nb
+    return filled
+
+
+def client_for(nb, out, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # figures are not looked at here
+    return NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(out / "notebooks")}})
+
+
 @pytest.mark.parametrize("name", WITH_EXERCISES)
 def test_filled_in_notebook_runs_and_each_stub_fails_its_check_with_its_hint(name, edition, monkeypatch):
+    """The classroom edition with the answers filled in runs top to bottom on its own module (no answers
+    in it): notebook 03's training cells train with the notebooks' functions and say so."""
     data_or_skip()
     out, student = edition
     solution = SOLUTIONS[name]
-    nb = ms.filled_notebook(student[name], solution)
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # figures are not looked at here
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(out / "notebooks")}})
+    nb = save_filled_in(out, student)[name]
+    client = client_for(nb, out, monkeypatch)
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             if cell.cell_type == "code":
                 error = run(client, cell, index)
                 assert error is None, f"{name}: cell {index + 1} failed with the solutions pasted in: {error}"
+        printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        if name.startswith("03"):
+            assert ("Training runs the code of your notebooks: forward, mse_loss and backward from "
+                    "02_backprop_and_gradient_checking.ipynb; sgd_step and train_epoch from this notebook.") in printed
         for index, blocks in exercise_cells(solution):
             check = next_code_cell(nb, index)
             for k, block in enumerate(blocks):
@@ -237,3 +276,125 @@ def test_filled_in_notebook_runs_and_each_stub_fails_its_check_with_its_hint(nam
                 else:
                     assert error == ("NotImplementedError", block.hint), f"{name}: cell {index + 1}: {error}"
             assert run(client, nb.cells[index], index) is None  # the solution again, for the next exercises
+
+
+SIGN_ERROR = """def backward(params, cache, dy_hat):
+    X, Z, H = cache
+    dH = dy_hat[:, None] * params["W2"]
+    dZ = dH * (Z > 0)
+    return {"W1": -(dZ.T @ X), "b1": -dZ.sum(axis=0), "W2": -(dy_hat[None, :] @ H), "b2": -dy_hat.sum(keepdims=True)}"""
+
+
+def test_a_wrong_backward_in_02_is_what_notebook_03_reports(tmp_path_factory, monkeypatch):
+    """Notebook 03 trains with the backward saved in notebook 02: a wrong one is named by the train_epoch
+    check, and training with it diverges."""
+    data_or_skip()
+    out = tmp_path_factory.mktemp("wrong")
+    ms.make_student(ROOT / "notebooks", out)
+    student = {name: nbformat.read(out / "notebooks" / name, as_version=4) for name in SOLUTIONS}
+    name = "03_training_with_sgd.ipynb"
+    nb = save_filled_in(out, student, replace={("02_backprop_and_gradient_checking.ipynb", "backward"): SIGN_ERROR})[name]
+    training = next(i for i, c in enumerate(nb.cells) if "lesson=lesson" in c.source)
+    client = client_for(nb, out, monkeypatch)
+    with client.setup_kernel():
+        errors = [(i, run(client, cell, i)) for i, cell in enumerate(nb.cells[:training + 1]) if cell.cell_type == "code"]
+    failed = [(i, e) for i, e in errors if e]
+    assert failed[0][1][0] == "ExerciseCheckError" and "fh.check_train_epoch" in nb.cells[failed[0][0]].source
+    assert failed[0][1][1].startswith("train_epoch calls your backward, and backward is not right yet")
+    assert failed[-1] == (training, failed[-1][1]) and failed[-1][1][0] == "TrainingDiverged"
+
+
+# --- no answers ship ---------------------------------------------------------------------
+
+class _BlankStrings(ast.NodeTransformer):
+    """Strings (docstrings, the checks' messages and hints) become empty: only code is left."""
+
+    def visit_Constant(self, node):
+        return ast.Constant("") if isinstance(node.value, str) else node
+
+    def visit_JoinedStr(self, node):
+        return ast.Constant("")
+
+
+def code_lines(source, only=None, without=()):
+    """The module's code as canonical lines (ast.unparse, strings blanked): of the top-level functions
+    named in only (all code if None), leaving out those named in without."""
+    tree = _BlankStrings().visit(ast.parse(source))
+    nodes = [n for n in tree.body if (only is None or getattr(n, "name", None) in only)
+             and getattr(n, "name", None) not in without]
+    return {line.strip() for n in nodes for line in ast.unparse(n).split("\n")
+            if line.strip() and not line.strip().startswith("def ")}
+
+
+ANSWERS = ["relu", "forward", "mse_loss", "backward", "numerical_gradient", "sgd_step", "train_epoch",
+           "_reference_answers"]
+
+
+def test_the_classroom_module_holds_no_answer_code(edition):
+    out, _ = edition
+    solution = (ROOT / "faceage_helpers.py").read_text(encoding="utf-8")
+    student = (out / "faceage_helpers.py").read_text(encoding="utf-8")
+    answers = code_lines(solution, only=ANSWERS)
+    other = code_lines(solution, without=ANSWERS)  # code the module has anyway, outside the answers
+    leaked = sorted(line for line in answers & code_lines(student) - other if len(line) > 12)
+    assert len(answers) > 40 and not leaked, f"the classroom module still holds answer code: {leaked}"
+    assert code_lines(student, only=["forward"]) == {'""""""', "return _yours('', params, X)"}  # docstring, call
+
+
+STUDENT_MODULE_SCRIPT = """
+import sys, types
+sys.path.insert(0, sys.argv[1])
+import faceage_helpers as fh
+assert fh.CHECK_ANSWERS_FILE.is_file()
+ns = {"np": fh.np, "fh": fh}
+for source in sys.argv[2:]:
+    exec(source, ns)
+for name in ("forward", "mse_loss", "backward", "numerical_gradient", "sgd_step", "train_epoch"):
+    getattr(fh, "check_" + name)(ns[name])
+try:
+    fh.check_backward(fh.backward)
+except fh.ExerciseCheckError as e:
+    print(e)
+try:
+    fh.forward({}, None)
+except NotImplementedError as e:
+    print(e)
+import __main__
+__main__.mse_loss = ns["mse_loss"]
+print("fh.mse_loss runs yours:", fh.mse_loss(fh.np.ones(2), fh.np.zeros(2))[0])
+"""
+
+
+def test_the_classroom_module_checks_with_the_saved_answers_and_calls_the_students_code(edition):
+    out, _ = edition
+    sources = [ms.filled_notebook(nb, SOLUTIONS[name]).cells[i].source
+               for name, nb in edition[1].items() if name[:2] in ("02", "03")
+               for i, _ in exercise_cells(SOLUTIONS[name])]
+    sources = [s.replace("fh.forward(", "forward(") for s in sources]
+    result = subprocess.run([sys.executable, "-c", STUDENT_MODULE_SCRIPT, str(out), *sources],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.endswith("all checks passed.")] == [
+        f"{n}: all checks passed." for n in ("forward", "mse_loss", "backward", "numerical_gradient", "sgd_step",
+                                             "train_epoch")]
+    assert "backward: this is fh.backward, the module's own function, not yours" in result.stdout
+    assert "fh.forward has no code in the classroom edition: it calls your own forward" in result.stdout
+    assert "fh.mse_loss runs yours: 1.0" in lines
+
+
+def test_the_released_reference_prints_that_it_is_in_use_and_is_named_by_the_checks(edition, tmp_path):
+    out, _ = edition
+    ms.write_reference(ROOT / "notebooks", out / "faceage_reference.py")
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import faceage_helpers as fh\n"
+              "from faceage_reference import backward, train_epoch\n"
+              "fh.check_backward(backward); fh.check_train_epoch(train_epoch)")
+    result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "faceage_reference: the teacher's reference solutions are in use (forward, mse_loss, backward, "
+        "numerical_gradient, sgd_step, train_epoch, weight_image); they are not your own code.",
+        "backward: this is the teacher's reference (faceage_reference.py), not your own code: not checked.",
+        "train_epoch: this is the teacher's reference (faceage_reference.py), not your own code: not checked."]
+    reference = (out / "faceage_reference.py").read_text()
+    assert ms.BEGIN not in reference and ms.HINT not in reference
