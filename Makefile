@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: setup lab test data-check execute strip html student bench clean
+.PHONY: setup lab test data-check execute strip html student reference grading-check bench clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ data-check: setup
 	@$(PY) -c "import faceage_helpers as fh; print('data:', fh.find_data())" || \
 	  echo "The notebooks need data.zip: see 'Getting data.zip' in README.md."
 
+# JupyterLab rooted at the repository (its file browser shows faceage_helpers.py, README.md and
+# TEACHING.md) with notebook 01 open. Jupyter refuses to run as root without --allow-root, and
+# containers and many cloud machines run as root: then it is added, and said so.
+AS_ROOT := $(filter 0,$(shell id -u))
 lab: setup data-check
-	$(VENV)/bin/jupyter lab notebooks/01_explore_the_faces.ipynb
+	@$(if $(AS_ROOT),echo "Running as root (as in many containers): starting JupyterLab with --allow-root.")
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(AS_ROOT),--allow-root) notebooks/01_explore_the_faces.ipynb
 
 # One BLAS thread: the notebooks' kernels, JupyterLab, Voila and Chromium share 2 cores, and
 # OpenBLAS threads that spin for a busy core slow training tenfold (results are the same either way).
@@ -47,7 +52,23 @@ html: setup
 
 # Exercise notebooks for students (solution blocks replaced by stubs), generated, never committed.
 student: setup
-	$(PY) tools/make_student.py notebooks build/student
+	$(PY) tools/make_student.py notebooks build/student --nbgrader build/nbgrader
+
+# The teacher's reference solutions (build/reference/faceage_reference.py): release only after the deadline.
+reference: setup
+	$(PY) tools/make_student.py notebooks --reference build/reference/faceage_reference.py
+
+# Autograde the nbgrader course in a temporary folder: solutions must get every point, blank exercises none.
+# nbgrader is the teacher's tool: installed from requirements-teacher.txt into build/teacher-site, not .venv.
+TEACHER_SITE := $(CURDIR)/build/teacher-site
+TEACHER_STAMP := $(TEACHER_SITE)/.installed-$(shell cksum < requirements-teacher.txt | cut -d' ' -f1)
+$(TEACHER_STAMP): requirements-teacher.txt | setup
+	rm -rf $(TEACHER_SITE)
+	$(PY) -m pip install --quiet --no-deps --target $(TEACHER_SITE) $$(grep -v '^ *#\|^-r' requirements-teacher.txt)
+	touch $@
+
+grading-check: setup $(TEACHER_STAMP)
+	OPENBLAS_NUM_THREADS=1 MPLBACKEND=Agg PYTHONPATH=$(TEACHER_SITE) $(PY) tools/grading_check.py
 
 bench: setup
 	$(PY) -m pip install --quiet torch==2.13.0 threadpoolctl==3.8.0

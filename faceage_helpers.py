@@ -156,7 +156,7 @@ def age_band(ages) -> np.ndarray:
     return np.searchsorted(AGE_BANDS, np.asarray(ages), side="right") - 1
 
 
-# Bounds checked before anything is read: a small zip can declare gigabytes (UTKFace has 23,708 faces).
+# Bounds checked before anything is read: a small zip can declare gigabytes (UTKFace has 23,707 faces).
 MAX_FACES = 100_000
 MAX_META_ROW_BYTES = 1024  # a meta CSV row is about 50 bytes
 _DATA_FIX = "Fetch data.zip again, or rebuild it with `python faceage_helpers.py build-data`."
@@ -199,7 +199,10 @@ def _read_npy(zf: zipfile.ZipFile, member: str, path: Path, max_items: int, fix:
             count = int(np.prod(shape, dtype=object))
             if dtype.kind not in kinds or dtype.hasobject or (dtype.kind != "U" and dtype.itemsize > 8):
                 raise DataError(f"{where} holds {dtype} values, which a FaceAge file never does. {fix}")
-            if count > max_items or f.tell() + count * dtype.itemsize != info.file_size:
+            if count > max_items:
+                raise DataError(f"{where} declares shape {shape}, more than the {max_items:,} values a FaceAge "
+                                f"file holds. {fix}")
+            if f.tell() + count * dtype.itemsize != info.file_size:
                 raise DataError(f"{where} declares shape {shape} ({count * dtype.itemsize:,} bytes) but holds "
                                 f"{info.file_size - f.tell():,} bytes: it is damaged or not a FaceAge file. {fix}")
             f.seek(0)
@@ -386,10 +389,10 @@ def near_duplicate_groups(faces, threshold=0.97, chunk=1024) -> list:
     Pairs join into groups through shared members. The correlations are computed chunk by chunk,
     each pair once, so memory stays near one float32 copy of the faces.
     """
-    X = np.asarray(faces, dtype=np.float32).reshape(len(faces), N_PIXELS)
-    X = X - X.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    X = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)  # a constant image matches nothing
+    X = np.array(faces, dtype=np.float32).reshape(len(faces), N_PIXELS)  # a copy, centred and scaled in place
+    X -= X.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]  # einsum: no temporary copy of X
+    X /= np.where(norms > 0, norms, 1)  # rows of unit length; a constant image stays zero and matches nothing
     parent = list(range(len(X)))
 
     def root(i):
@@ -401,7 +404,8 @@ def near_duplicate_groups(faces, threshold=0.97, chunk=1024) -> list:
     for start in range(0, len(X), chunk):
         C = X[start:start + chunk]
         mirrored = C.reshape(-1, *IMAGE_SHAPE)[:, :, ::-1].reshape(len(C), N_PIXELS)
-        for block in (X[start:] @ C.T, X[start:] @ mirrored.T):  # rows from start on: each pair once
+        for M in (C, mirrored):
+            block = X[start:] @ M.T  # rows from start on: each pair once
             for a, b in zip(*np.nonzero(block > threshold)):
                 if a != b:  # row a of X[start:] and column b of the chunk are faces a + start, b + start
                     parent[root(int(a) + start)] = root(int(b) + start)
@@ -437,7 +441,10 @@ Never commit this file or anything made from it.
 """
 
 
-def build_data_zip(source, out="data.zip", test_fraction=0.19, seed=0) -> Path:
+TEST_FRACTION = 0.19  # build-data's share of faces for the test split
+
+
+def build_data_zip(source, out="data.zip", test_fraction=TEST_FRACTION, seed=0) -> Path:
     """Build a course-layout data.zip from a UTKFace 'Aligned & Cropped' folder or .tar.gz.
 
     Age, gender and race come from the file names; images become 48x48 grayscale (Lanczos). Files
@@ -457,7 +464,8 @@ def build_data_zip(source, out="data.zip", test_fraction=0.19, seed=0) -> Path:
         try:
             if reason:
                 raise ValueError(reason)
-            found.append((name, _face_from_image(raw), _parse_utkface_name(name)))
+            labels = _parse_utkface_name(name)  # the name first: a bad one is skipped without decoding
+            found.append((name, _face_from_image(raw), labels))
         except ValueError as e:
             skipped.setdefault(str(e), []).append(name)
     by_hash = {}  # image hash -> [pixels, age, gender, race, source] ; None once ages disagree
@@ -477,10 +485,13 @@ def build_data_zip(source, out="data.zip", test_fraction=0.19, seed=0) -> Path:
     if len(records) < 2:
         raise DataError(f"{source}: found {len(records)} usable UTKFace images (file names like "
                         f"'25_0_1_20170116174525125.jpg.chip.jpg'); need at least 2.")
+    if len(records) > 5000:
+        print(f"looking for near-duplicates among {len(records)} faces (a minute or two for all of UTKFace)")
     groups = near_duplicate_groups(np.stack([r[0] for r in records]))
     train, test = _split_by_groups(len(records), groups, test_fraction, seed)
     if len(train) == 0:
-        raise DataError(f"{source}: every face is a near-duplicate of the test faces; add more images.")
+        raise DataError(f"{source}: with near-duplicates kept together, no face is left for training; "
+                        f"add more images or lower --test-fraction.")
     print(f"near-duplicates: {sum(map(len, groups))} faces in {len(groups)} groups (centred pixel correlation "
           f"above 0.97, as they are or mirrored), each group kept within one split")
 
@@ -1760,6 +1771,8 @@ def _reference_answers():
     out.update({"backward.dy_hat": dy_hat, "backward.dW2_from_Z": dy_hat[None, :] @ Z,
                 "backward.dW1_without_mask": dH.T @ X, "backward.dW1_times_H": (dH * H).T @ X,
                 "backward.db1_without_mask": dH.sum(axis=0), "backward.db1_times_H": (dH * H).sum(axis=0)})
+    out.update({"backward_to_input.dX": (dH * (Z > 0)) @ W1, "backward_to_input.without_mask": dH @ W1,
+                "backward_to_input.times_H": (dH * H) @ W1, "backward_to_input.without_dy_hat": (W2 * (Z > 0)) @ W1})
     x, c, b, indices, h = _quadratic_problem()
     out["numerical_gradient"] = numerical_gradient(lambda: float(np.sum(0.5 * c * x ** 2 + b * x)), x, indices, h)
     p, g, lr = _sgd_problem()
@@ -2306,24 +2319,24 @@ def check_backward_to_input(backward_to_input):
     faces, on 5 faces and 4 hidden units (notebook 06 §2)."""
     __tracebackhide__ = True
     name = "backward_to_input"
-    params, X, y = _net_problem()  # 5 faces, 4 hidden units: dX (5, 2304) and dW1 (4, 2304) differ in shape
-    y_hat, cache = _ref.forward(params, X)
-    _, dy_hat = mse_loss(y_hat, y)  # not all equal: a dX that ignores dy_hat cannot pass
-    _, Z, H = cache
-    W1, W2 = params["W1"], params["W2"]
+    if _not_yours(name, backward_to_input):
+        return
+    params, X, _ = _net_problem()  # 5 faces, 4 hidden units: dX (5, 2304) and dW1 (4, 2304) differ in shape
+    # dy_hat is the loss gradient of backward's check: not all equal, so a dX that ignores it cannot pass
+    Z, H, dy_hat = _answer("forward.Z"), _answer("forward.H"), _answer("backward.dy_hat")
     N, hidden = Z.shape
-    dH = dy_hat[:, None] * W2
-    expected = (dH * (Z > 0)) @ W1
-    dX = _run(name, backward_to_input, _copy(params), tuple(a.copy() for a in cache), dy_hat.copy(),
+    dX = _run(name, backward_to_input, _copy(params), (X.copy(), Z.copy(), H.copy()), dy_hat.copy(),
               hint="dZ is (N, hidden) and W1 is (hidden, 2304), so dX = dZ @ W1 needs no .T: for one face "
                    "dx = W1^T dz, and with faces in rows that product becomes dz @ W1.")
     _fail_if(name, _mismatch(
-        "dX", dX, expected, "dH = dy_hat[:, None] * W2, dZ = dH * (Z > 0), then dX = dZ @ W1.",
-        mistakes=[(dH @ W1, "the ReLU mask is missing: gradient reaches the pixels only through units that are "
-                            "on, so dZ = dH * (Z > 0); then dX = dZ @ W1."),
-                  ((dH * H) @ W1, "dH is multiplied by H; multiply it by the ReLU mask: dZ = dH * (Z > 0)."),
-                  ((W2 * (Z > 0)) @ W1, "dy_hat is missing: dH = dy_hat[:, None] * W2 (with dy_hat = 1 for "
-                                        "every face, dX is dŷ/dx).")],
+        "dX", dX, _answer(f"{name}.dX"), "dH = dy_hat[:, None] * W2, dZ = dH * (Z > 0), then dX = dZ @ W1.",
+        mistakes=[(_answer(f"{name}.without_mask"), "the ReLU mask is missing: gradient reaches the pixels only "
+                                                    "through units that are on, so dZ = dH * (Z > 0); then "
+                                                    "dX = dZ @ W1."),
+                  (_answer(f"{name}.times_H"), "dH is multiplied by H; multiply it by the ReLU mask: "
+                                               "dZ = dH * (Z > 0)."),
+                  (_answer(f"{name}.without_dy_hat"), "dy_hat is missing: dH = dy_hat[:, None] * W2 (with dy_hat = 1 "
+                                                      "for every face, dX is dŷ/dx).")],
         shapes={(hidden, N_PIXELS): "that is the shape of W1 and of dW1 = dZ.T @ X, the gradient for the "
                                     "weights, summed over the faces. For the faces swap the roles of X and W1: "
                                     "dX = dZ @ W1, one row per face.",
@@ -2354,7 +2367,8 @@ def _cmd_train(args):
     X_test, y_test = data.Xte, data.yte
     del data  # the split holds the training faces now; dropping the original keeps the peak near 0.5 GB
     print(f"training on {len(X_train)} faces, validating on {len(X_val)}: hidden={args.hidden} "
-          f"lr={args.lr:g} (x{args.lr_decay:g} per epoch) batch={args.batch_size} epochs={args.epochs} mirror={args.mirror} seed={args.seed} dtype={args.dtype}")
+          f"lr={args.lr:g} (x{args.lr_decay:g} per epoch) batch={args.batch_size} epochs={args.epochs} "
+          f"mirror={args.mirror} seed={args.seed} dtype={args.dtype}")
     model = train(X_train, y_train, X_val, y_val, n_hidden=args.hidden, lr=args.lr, lr_decay=args.lr_decay,
                   mirror=args.mirror, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, dtype=args.dtype)
     rows = {f"network ({split})": regression_metrics(y, predict(model, X))
@@ -2390,7 +2404,7 @@ COMMAND_OPTIONS = {
                   batch_size=DEFAULTS["batch_size"], epochs=DEFAULTS["epochs"], mirror=DEFAULTS["mirror"],
                   seed=DEFAULTS["seed"], val_fraction=DEFAULTS["val_fraction"], dtype="float32", out="."),
     "evaluate": dict(model="model.npz", data=None),
-    "build-data": dict(source=None, out="data.zip", test_fraction=0.19, seed=0),
+    "build-data": dict(source=None, out="data.zip", test_fraction=TEST_FRACTION, seed=0),
 }
 
 
@@ -2411,9 +2425,9 @@ def _number(low, high=None, high_ok=False, example=None):
             value = float(text)
         except ValueError:
             value = float("nan")
-        if not (np.isfinite(value) and value > low and (high is None or value < high or high_ok and value == high)):
+        if not (np.isfinite(value) and value > low and (high is None or value < high or (high_ok and value == high))):
             between = (f"greater than {low:g}" if high is None else
-                       f"between {low:g} and {high:g}" + (" (at most 1)" if high_ok else ""))
+                       f"greater than {low:g} and at most {high:g}" if high_ok else f"between {low:g} and {high:g}")
             raise argparse.ArgumentTypeError(f"expected a number {between} (e.g. {example}), not {text!r}")
         return value
     return parse
@@ -2430,7 +2444,8 @@ def _add_training_options(p):
     p.add_argument("--epochs", type=_whole(1, d["epochs"]), help=f"passes over the data (default {d['epochs']})")
     p.add_argument("--no-mirror", dest="mirror", action="store_false",
                    help="don't add left-right mirrored faces to the training data")
-    p.add_argument("--seed", type=_whole(0, d["seed"]), help=f"seed for split, init and shuffling (default {d['seed']})")
+    p.add_argument("--seed", type=_whole(0, d["seed"]),
+                   help=f"seed for split, init and shuffling (default {d['seed']})")
     p.add_argument("--val-fraction", type=_number(0, 1, example=d["val_fraction"]),
                    help=f"share of training faces held out for validation (default {d['val_fraction']})")
     p.add_argument("--dtype", choices=["float32", "float64"],
@@ -2479,9 +2494,10 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        done = f"finished writing {', '.join(map(str, args.written))}; " if args.written else ""
-        print(f"error: interrupted (Ctrl-C). {done}every other file is as it was before this run (files are "
-              f"replaced whole or not at all). Run the command again to finish.", file=sys.stderr)
+        kept = (f"It finished writing {', '.join(map(str, args.written))}; every other file" if args.written
+                else "Nothing was written: every file")
+        print(f"error: interrupted (Ctrl-C). {kept} is as it was before this run (files are replaced whole or "
+              f"not at all). Run the command again to finish.", file=sys.stderr)
         return 130
     return 0
 

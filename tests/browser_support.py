@@ -1,4 +1,4 @@
-"""Serve notebook 04 with JupyterLab or Voila and drive its sliders in headless Chromium.
+"""Serve notebook 04 (or 06) with JupyterLab or Voila and drive its sliders in headless Chromium.
 
 Shared by tests/test_browser.py and benchmarks/bench_slider.py (no pytest in here). A server always
 serves a temporary copy (the committed notebook is never modified), listens on 127.0.0.1 only with a
@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "04_browse_the_learned_weights.ipynb"
+BROWSERS_04 = ("unit", "epoch")  # the sliders (by description) the tests move in notebook 04
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; a browser is never downloaded
 # Headless on a machine without a display or GPU; the networking flags stop Chromium from trying to
 # reach Google's servers (sync, updates, field trials), which only slows it down here.
@@ -59,9 +60,15 @@ def free_port():
 
 
 def prepare_copy(notebook, workdir):
-    """Lay out workdir like the repository: notebooks/<copy> and faceage_helpers.py at its root."""
+    """Lay out workdir like the repository: notebooks/<copy> and faceage_helpers.py at its root.
+
+    Notebooks 02 and 03 are copied beside it: fh.lesson_functions() reads the functions that train
+    from them (fh.LESSON_FUNCTIONS).
+    """
     workdir = Path(workdir)
     (workdir / "notebooks").mkdir(parents=True, exist_ok=True)
+    for lesson in [*(REPO / "notebooks").glob("02_*.ipynb"), *(REPO / "notebooks").glob("03_*.ipynb")]:
+        shutil.copy2(lesson, workdir / "notebooks" / lesson.name)
     shutil.copy2(notebook, workdir / "notebooks" / Path(notebook).name)
     shutil.copy2(REPO / "faceage_helpers.py", workdir / "faceage_helpers.py")
     return workdir / "notebooks" / Path(notebook).name
@@ -264,14 +271,14 @@ _WIDGET_AS_TEXT = """[...document.querySelectorAll('.jp-OutputArea-output')].som
     /^\\s*((VBox|HBox|IntSlider|Output|HTML)\\(|\\[.*slider.*\\]\\s*$)/.test(out.textContent)
     || out.textContent.includes('Error displaying widget'))"""
 
-# The page has both browsers, each with its figure ('ready'), or a traceback ('error'), or neither yet.
-_BROWSERS_STATUS = """([plotSel]) => {
+# The page has every wanted browser, each with its figure ('ready'), or a traceback ('error'), or not yet.
+_BROWSERS_STATUS = """([plotSel, wanted]) => {
     if (%s) return 'error';
     if (%s) return 'text';
     const names = [...document.querySelectorAll('.widget-vbox')]
         .filter(box => box.querySelector(plotSel))
         .map(box => (box.querySelector('.widget-slider .widget-label') || {textContent: ''}).textContent.trim());
-    return names.includes('unit') && names.includes('epoch') ? 'ready' : '';
+    return wanted.every(name => names.includes(name)) ? 'ready' : '';
 }""" % (_HAS_TRACEBACK, _WIDGET_AS_TEXT)
 
 # Every code cell has an execution count ([3]:) once it ran ('done'); [*]: while queued or running.
@@ -296,24 +303,24 @@ def _wait_for_status(page, js, arg=None, timeout=NOTEBOOK_TIMEOUT):
     return status
 
 
-def open_in_voila(page, server, timeout=NOTEBOOK_TIMEOUT):
-    """Open the Voila dashboard and wait for both browsers (Voila runs the notebook while the page loads)."""
+def open_in_voila(page, server, timeout=NOTEBOOK_TIMEOUT, names=BROWSERS_04):
+    """Open the Voila dashboard and wait for the browsers `names` (Voila runs the notebook while the page loads)."""
     page.goto(server.url, wait_until="commit")
-    wait_for_weight_browsers(page, timeout)
+    wait_for_weight_browsers(page, timeout, names)
 
 
-def open_in_lab(page, server, timeout=NOTEBOOK_TIMEOUT):
-    """Open the notebook in JupyterLab, run all its cells and wait for both browsers."""
+def open_in_lab(page, server, timeout=NOTEBOOK_TIMEOUT, names=BROWSERS_04):
+    """Open the notebook in JupyterLab, run all its cells and wait for the browsers `names`."""
     page.goto(server.url)
-    run_all_cells_in_lab(page, timeout)
+    run_all_cells_in_lab(page, timeout, names)
 
 
-def wait_for_weight_browsers(page, timeout=NOTEBOOK_TIMEOUT):
-    """Wait until the unit and the epoch browser both show a figure; NotebookError if a cell raised."""
-    _wait_for_status(page, _BROWSERS_STATUS, arg=[PLOT], timeout=timeout)
+def wait_for_weight_browsers(page, timeout=NOTEBOOK_TIMEOUT, names=BROWSERS_04):
+    """Wait until every browser in `names` (slider descriptions) shows a figure; NotebookError if a cell raised."""
+    _wait_for_status(page, _BROWSERS_STATUS, arg=[PLOT, list(names)], timeout=timeout)
 
 
-def run_all_cells_in_lab(page, timeout=NOTEBOOK_TIMEOUT):
+def run_all_cells_in_lab(page, timeout=NOTEBOOK_TIMEOUT, names=BROWSERS_04):
     """In JupyterLab: wait for the kernel, clear all outputs, run all cells, wait until every cell ran."""
     # The toolbar can say idle before the kernel is connected: the status bar's text is the sure sign.
     page.locator("#jp-main-statusbar .jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle")).wait_for(
@@ -324,11 +331,11 @@ def run_all_cells_in_lab(page, timeout=NOTEBOOK_TIMEOUT):
         page.get_by_role("menuitem", name=menu, exact=True).click()
         page.get_by_role("menuitem", name=re.compile("^" + item)).click()
     _wait_for_status(page, _ALL_RAN_STATUS, timeout=timeout)
-    wait_for_weight_browsers(page, timeout=30)
+    wait_for_weight_browsers(page, timeout=30, names=names)
 
 
 def weight_browser(page, name):
-    """The VBox of the browser whose slider description is `name` ("unit" or "epoch")."""
+    """The VBox of the browser whose slider description is `name` ("unit", "epoch", "face")."""
     label = page.locator(".widget-slider .widget-label", has_text=re.compile(rf"^\s*{name}\s*$"))
     return page.locator(".widget-vbox").filter(has=label).filter(has=page.locator(PLOT)).last
 

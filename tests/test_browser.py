@@ -1,10 +1,12 @@
-"""Notebook 04's weight browsers work for a person: JupyterLab and Voila, in a real (headless) browser.
+"""Notebook 04's weight browsers and notebook 06's face browser work for a person: JupyterLab and Voila,
+in a real (headless) browser.
 
 Each test serves a temporary copy of the notebook on 127.0.0.1, runs it, moves the unit slider and the
-epoch slider with the keyboard and with the mouse, and checks that the caption and the figure changed
-to the new unit or epoch. These are the failures nothing else catches: a widget shown as text
-(IntSlider(value=0)) and a plot that does not redraw. Screenshots of both browsers, before and after,
-go to a temporary folder whose path is printed (pytest -m browser -s shows it).
+epoch slider (notebook 04) or the face slider (notebook 06) with the keyboard and with the mouse, and
+checks that the caption and the figure changed to the new unit, epoch or face. These are the failures
+nothing else catches: a widget shown as text (IntSlider(value=0)) and a plot that does not redraw.
+Screenshots of each browser, before and after, go to a temporary folder whose path is printed
+(pytest -m browser -s shows it).
 Without /usr/bin/chromium the tests skip, unless FACEAGE_REQUIRE_BROWSER=1 (CI sets it): then they fail.
 """
 import contextlib
@@ -17,6 +19,7 @@ import browser_support as bs
 import faceage_helpers as fh
 
 pytestmark = pytest.mark.browser
+NOTEBOOK_06 = bs.REPO / "notebooks" / "06_which_pixels_matter.ipynb"
 
 
 @pytest.fixture
@@ -31,15 +34,26 @@ def page():
         yield page
 
 
+def committed(path):
+    """The notebook at path and the data it trains on; afterwards, proof that the committed file was not touched."""
+    assert path.exists(), f"{path} is missing"
+    fh.find_data()  # no data.zip: fail now with the module's explanation, not after minutes in the browser
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    yield path
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, \
+        "the committed notebook changed: the servers must only ever see a copy"
+
+
 @pytest.fixture
 def notebook():
-    """Notebook 04 and the data it trains on; afterwards, proof that the committed file was not touched."""
-    assert bs.NOTEBOOK.exists(), f"{bs.NOTEBOOK} is missing"
-    fh.find_data()  # no data.zip: fail now with the module's explanation, not after minutes in the browser
-    digest = hashlib.sha256(bs.NOTEBOOK.read_bytes()).hexdigest()
-    yield bs.NOTEBOOK
-    assert hashlib.sha256(bs.NOTEBOOK.read_bytes()).hexdigest() == digest, \
-        "the committed notebook changed: the servers must only ever see a copy"
+    """Notebook 04 (the unit and epoch browsers)."""
+    yield from committed(bs.NOTEBOOK)
+
+
+@pytest.fixture
+def notebook_06():
+    """Notebook 06 (the face browser)."""
+    yield from committed(NOTEBOOK_06)
 
 
 @pytest.fixture
@@ -93,9 +107,10 @@ def move_and_check(box, name, gesture):
     return value
 
 
-def check_weight_browsers(page, server, screens):
-    """Both sliders, keyboard then mouse; screenshots of each browser before and after."""
-    for name, mouse in (("unit", "mouse drag"), ("epoch", "mouse click on the track")):
+def check_weight_browsers(page, server, screens,
+                          sliders=(("unit", "mouse drag"), ("epoch", "mouse click on the track"))):
+    """Each slider, keyboard then mouse; screenshots of each browser before and after."""
+    for name, mouse in sliders:
         box = bs.weight_browser(page, name)
         box.scroll_into_view_if_needed()
         box.screenshot(path=screens / f"{server.kind}_{name}_before.png")
@@ -124,4 +139,18 @@ def test_sliders_redraw_in_voila_dashboard(page, notebook, screens, tmp_path):
     with bs.serve("voila", tmp_path / "served", notebook=notebook) as server, explained(page, server, screens):
         bs.open_in_voila(page, server)
         check_weight_browsers(page, server, screens)
+    assert_stopped(server)
+
+
+def test_face_slider_redraws_in_jupyterlab(page, notebook_06, screens, tmp_path):
+    with bs.serve("lab", tmp_path / "served", notebook=notebook_06) as server, explained(page, server, screens):
+        bs.open_in_lab(page, server, names=("face",))
+        check_weight_browsers(page, server, screens, sliders=(("face", "mouse drag"),))
+    assert_stopped(server)
+
+
+def test_face_slider_redraws_in_voila_dashboard(page, notebook_06, screens, tmp_path):
+    with bs.serve("voila", tmp_path / "served", notebook=notebook_06) as server, explained(page, server, screens):
+        bs.open_in_voila(page, server, names=("face",))
+        check_weight_browsers(page, server, screens, sliders=(("face", "mouse click on the track"),))
     assert_stopped(server)

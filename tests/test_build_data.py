@@ -35,7 +35,8 @@ def planted(tmp_path_factory):
     groups = [
         [save(a, 20, "a", quality=95), save(a, 26, "a_reencoded", quality=40)],
         [save(b, 35, "b", quality=95), save(b.transpose(Image.FLIP_LEFT_RIGHT), 41, "b_mirrored", quality=95)],
-        [save(c, 50, "c", quality=95), save(c.crop((2, 2, w - 2, w - 2)).resize((w, w)), 47, "c_recropped", quality=95)],
+        [save(c, 50, "c", quality=95),
+         save(c.crop((2, 2, w - 2, w - 2)).resize((w, w)), 47, "c_recropped", quality=95)],
         [save(d, 60, "d", quality=95), save(d, 72, "d_reencoded", quality=50),
          save(d.transpose(Image.FLIP_LEFT_RIGHT), 66, "d_mirrored", quality=80)],
     ]

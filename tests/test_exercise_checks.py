@@ -544,7 +544,8 @@ def test_messages_quoted_in_teaching_md_are_what_the_checks_say():
               fh.check_mse_loss: MSE_LOSS_MISTAKES,
               fh.check_train_epoch: TRAIN_EPOCH_MISTAKES, fh.check_weight_image: WEIGHT_IMAGE_MISTAKES}
     messages = [fails(check, mutant) for check, table in tables.items() for mutant, _ in table]
-    messages += [fails(fh.check_backward, backward_without_mask), fails(fh.check_forward, stub)]
+    messages += [fails(fh.check_backward, backward_without_mask), fails(fh.check_forward, stub),
+                 fails(fh.check_train_epoch, notebook_train_epoch(sgd_step=sgd_plus))]
     guide = (Path(__file__).resolve().parents[1] / "TEACHING.md").read_text(encoding="utf-8")
     quoted = [line for block in re.findall(r"```text\n(.*?)```", guide, re.S) for line in block.splitlines() if line.strip()]
     assert len(quoted) >= 10

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import fake_faces, make_fake_zip, npy_bytes
 
 import faceage_helpers as fh
-from fakes import fake_faces, make_fake_zip, npy_bytes, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 2 * 2**30  # bytes of address space for a subprocess that reads hostile files
@@ -300,7 +300,8 @@ LOAD = "import sys, faceage_helpers as fh; sys.exit(fh.main(['--epochs', '1', '-
 
 def test_a_valid_zip_loads_under_the_memory_limit(tmp_path):
     data = make_fake_zip(tmp_path / "d.zip", n_train=60, n_test=20)
-    run = run_cli(data, cwd=tmp_path, code="import sys, faceage_helpers as fh; print(fh.load_data(sys.argv[1]).summary())")
+    code = "import sys, faceage_helpers as fh; print(fh.load_data(sys.argv[1]).summary())"
+    run = run_cli(data, cwd=tmp_path, code=code)
     assert run.returncode == 0, run.stderr
     assert "train:     60 faces" in run.stdout
 
@@ -523,7 +524,8 @@ def _tampered(trained, tmp_path, **changes):
 
 @pytest.mark.parametrize("change, words", [
     (lambda a: {"W1": (a["W1"] * 1000).astype(np.int64)}, ["W1", "int64"]),
-    (lambda a: {"W1": np.where(np.arange(a["W1"].size).reshape(a["W1"].shape) == 5, np.nan, a["W1"])}, ["W1", "finite"]),
+    (lambda a: {"W1": np.where(np.arange(a["W1"].size).reshape(a["W1"].shape) == 5, np.nan, a["W1"])},
+     ["W1", "finite"]),
     (lambda a: {"W2": np.full_like(a["W2"], np.inf)}, ["W2", "finite"]),
     (lambda a: {"W1": a["W1"][:, :2000]}, ["W1", "2304"]),
     (lambda a: {"b1": a["b1"][:3]}, ["b1"]),
