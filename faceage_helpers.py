@@ -47,6 +47,7 @@ DEFAULTS = dict(n_hidden=64, lr=0.005, lr_decay=0.93, batch_size=64, epochs=30, 
 # Age bands for every per-age table and plot: lower edges in years, the last band open-ended.
 AGE_BANDS = (0, 10, 20, 30, 45, 60)
 AGE_BAND_NAMES = tuple([f"{a}-{b - 1}" for a, b in zip(AGE_BANDS, AGE_BANDS[1:])] + [f"{AGE_BANDS[-1]}+"])
+NEAR_DUPLICATE = 0.97  # centred pixel correlation above which two faces count as one photograph
 GENDER_NAMES = ("male", "female")  # meta CSV codes 0, 1 (-1: unknown)
 RACE_NAMES = ("White", "Black", "Asian", "Indian", "Others")  # meta CSV codes 0-4 (-1: unknown)
 HERE = Path(__file__).resolve().parent
@@ -382,18 +383,37 @@ def _face_from_image(raw: bytes) -> np.ndarray:
         raise ValueError(f"not a readable image ({type(e).__name__})") from None
 
 
-def near_duplicate_groups(faces, threshold=0.97, chunk=1024) -> list:
-    """Groups of faces that show the same photograph (re-encoded, re-cropped or mirrored), as lists of
-    indices: centred pixel correlation above threshold, as they are or one of them mirrored (notebook 01).
-
-    Pairs join into groups through shared members. The correlations are computed chunk by chunk,
-    each pair once, so memory stays near one float32 copy of the faces.
-    """
+def centred_unit_rows(faces) -> np.ndarray:
+    """Each face as a float32 row centred on its own mean and scaled to length 1, so that the dot
+    product of two rows is their pixel correlation (notebook 01 §6). A constant image stays zero."""
     X = np.array(faces, dtype=np.float32).reshape(len(faces), N_PIXELS)  # a copy, centred and scaled in place
     X -= X.mean(axis=1, keepdims=True)
     norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]  # einsum: no temporary copy of X
-    X /= np.where(norms > 0, norms, 1)  # rows of unit length; a constant image stays zero and matches nothing
-    parent = list(range(len(X)))
+    X /= np.where(norms > 0, norms, 1)
+    return X
+
+
+def near_duplicate_pairs(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> np.ndarray:
+    """Pairs (i, j), i < j, of faces that show the same photograph (re-encoded, re-cropped or mirrored):
+    centred pixel correlation above threshold, as they are or one mirrored (notebook 01 §6).
+
+    One chunk of faces at a time against every later face, so memory stays near one float32 copy.
+    """
+    A = centred_unit_rows(faces)
+    pairs = [np.empty((0, 2), dtype=np.int64)]
+    for start in range(0, len(A), chunk):
+        rows, later = A[start:start + chunk], A[start:]
+        corr = np.maximum(rows @ later.T, mirror_faces(rows) @ later.T)  # as they are, or one mirrored
+        i, j = np.nonzero(corr > threshold)  # row i of the chunk, face j of `later`, both from start
+        once = i < j  # each face against itself out, each pair once
+        pairs.append(np.column_stack([start + i[once], start + j[once]]))
+    return np.concatenate(pairs)
+
+
+def near_duplicate_groups(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> list:
+    """Groups (lists of indices) of faces that are one photograph: near_duplicate_pairs joined through
+    shared members. build-data keeps each group within one split."""
+    parent = list(range(len(faces)))
 
     def root(i):
         while parent[i] != i:
@@ -401,16 +421,10 @@ def near_duplicate_groups(faces, threshold=0.97, chunk=1024) -> list:
             i = parent[i]
         return i
 
-    for start in range(0, len(X), chunk):
-        C = X[start:start + chunk]
-        mirrored = C.reshape(-1, *IMAGE_SHAPE)[:, :, ::-1].reshape(len(C), N_PIXELS)
-        for M in (C, mirrored):
-            block = X[start:] @ M.T  # rows from start on: each pair once
-            for a, b in zip(*np.nonzero(block > threshold)):
-                if a != b:  # row a of X[start:] and column b of the chunk are faces a + start, b + start
-                    parent[root(int(a) + start)] = root(int(b) + start)
+    for i, j in near_duplicate_pairs(faces, threshold, chunk).tolist():
+        parent[root(i)] = root(j)
     groups = {}
-    for i in range(len(X)):
+    for i in range(len(faces)):
         groups.setdefault(root(i), []).append(i)
     return sorted(g for g in groups.values() if len(g) > 1)
 
@@ -493,7 +507,7 @@ def build_data_zip(source, out="data.zip", test_fraction=TEST_FRACTION, seed=0) 
         raise DataError(f"{source}: with near-duplicates kept together, no face is left for training; "
                         f"add more images or lower --test-fraction.")
     print(f"near-duplicates: {sum(map(len, groups))} faces in {len(groups)} groups (centred pixel correlation "
-          f"above 0.97, as they are or mirrored), each group kept within one split")
+          f"above {NEAR_DUPLICATE}, as they are or mirrored), each group kept within one split")
 
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -735,14 +749,14 @@ def train_epoch(params, X, y, lr, batch_size, rng):
 
 def add_weight_decay(grads, params, weight_decay):
     """L2 weight decay: add lambda * W, the gradient of lambda/2 * ||W||^2, to the gradients of W1 and W2
-    (not the biases) and return grads (notebook 05 §3). train() calls it before each step."""
+    (not the biases) and return grads (notebook 05 §2). train() calls it before each step."""
     for name in ("W1", "W2"):
         grads[name] = grads[name] + weight_decay * params[name]
     return grads
 
 
 def momentum_step(params, grads, velocity, lr, momentum):
-    """SGD with momentum, in place: v <- momentum * v - lr * g, then p <- p + v (notebook 05 §4).
+    """SGD with momentum, in place: v <- momentum * v - lr * g, then p <- p + v (notebook 05 §3).
 
     velocity holds one array per parameter, zeros at the start, and is kept from step to step.
     """
@@ -883,7 +897,7 @@ def train(X_train, y_train, X_val=None, y_val=None, n_hidden=DEFAULTS["n_hidden"
 
 
 def _epoch_with_extras(lesson, params, weight_decay, momentum):
-    """lesson.train_epoch, stepping with weight decay and momentum (notebook 05 §5).
+    """lesson.train_epoch, stepping with weight decay and momentum (notebook 05 §2 and §3).
 
     The loop itself is not copied or changed: the same code runs with its name sgd_step bound to a
     step that adds lambda * W (lesson.add_weight_decay), then moves with a velocity kept for the
@@ -983,15 +997,16 @@ def lesson_functions(folder=None, verbose=True, names=None, **yours):
 def _forward_in_chunks(model, X, batch_size=4096):
     """The model's forward on faces X standardised as in training, in chunks to bound memory.
 
-    Yields (rows, y_hat, H) per chunk: predict keeps y_hat, hidden_activations keeps H.
+    Yields (rows, y_hat, cache) per chunk: predict keeps y_hat, hidden_activations the cache's H,
+    input_gradient hands the cache to backward_to_input.
     """
     X = as_face_rows(X)
     dtype = model.params["W1"].dtype
     for start in range(0, len(X), batch_size):
         rows = slice(start, start + batch_size)
         Xs = ((X[rows] - model.x_mean) / model.x_std).astype(dtype, copy=False)
-        y_hat, (_, _, H) = model.lesson.forward(model.params, Xs)
-        yield rows, y_hat, H
+        y_hat, cache = model.lesson.forward(model.params, Xs)
+        yield rows, y_hat, cache
 
 
 def predict(model: Model, X):
@@ -1243,7 +1258,7 @@ BROWSER_DPI = 80  # small PNGs: a redraw stays well under a second, and projects
 def hidden_activations(model, X):
     """Hidden activations h = relu(W1 x + b1), shape (N, hidden), of faces X standardised as in training (notebook 04 §3)."""
     H = np.empty((len(X), len(model.params["W1"])), dtype=model.params["W1"].dtype)
-    for rows, _, H_rows in _forward_in_chunks(model, X):
+    for rows, _, (_, _, H_rows) in _forward_in_chunks(model, X):
         H[rows] = H_rows
     return H
 
@@ -1257,21 +1272,16 @@ def input_gradient(model, X, backward_to_input, batch_size=1024):
     dŷ_n/dx_n (face n's prediction depends on face n alone). The chain rule through the two
     scalings, x' = (x - mean) / std and age = y' * y_std + y_mean, multiplies by y_std / x_std.
     """
-    X = as_face_rows(X)
     if not callable(backward_to_input):
         raise TypeError(f"backward_to_input must be your function backward_to_input(params, cache, dy_hat) "
                         f"(notebook 06 §2), not a {type(backward_to_input).__name__}.")
-    params = model.params
-    dtype = params["W1"].dtype
+    dtype = model.params["W1"].dtype
     G = np.empty((len(X), N_PIXELS), dtype=dtype)
-    for start in range(0, len(X), batch_size):
-        rows = slice(start, start + batch_size)
-        Xs = ((X[rows] - model.x_mean) / model.x_std).astype(dtype, copy=False)  # as in training
-        _, cache = model.lesson.forward(params, Xs)
-        dX = np.asarray(backward_to_input(params, cache, np.ones(len(Xs), dtype=dtype)))
-        if dX.shape != Xs.shape:
-            raise ValueError(f"backward_to_input returned shape {dX.shape} for {len(Xs)} faces, but dX has the "
-                             f"shape of X, {Xs.shape}: run fh.check_backward_to_input(backward_to_input).")
+    for rows, y_hat, cache in _forward_in_chunks(model, X, batch_size):
+        dX = np.asarray(backward_to_input(model.params, cache, np.ones(len(y_hat), dtype=dtype)))
+        if dX.shape != (len(y_hat), N_PIXELS):
+            raise ValueError(f"backward_to_input returned shape {dX.shape} for {len(y_hat)} faces, but dX has the "
+                             f"shape of X, {(len(y_hat), N_PIXELS)}: run fh.check_backward_to_input(backward_to_input).")
         G[rows] = dX * (model.y_std / model.x_std)
     return G
 
@@ -2218,7 +2228,7 @@ def check_weight_image(weight_image):
 
 def check_add_weight_decay(add_weight_decay):
     """Check that your add_weight_decay(grads, params, weight_decay) adds weight_decay * W to the
-    gradients of W1 and W2, and leaves the biases' gradients and the parameters alone (notebook 05 §3)."""
+    gradients of W1 and W2, and leaves the biases' gradients and the parameters alone (notebook 05 §2)."""
     __tracebackhide__ = True
     name = "add_weight_decay"
     if _not_yours(name, add_weight_decay):
@@ -2245,9 +2255,11 @@ def check_add_weight_decay(add_weight_decay):
                        "cancels the 1/2).",
                "minus": "lambda * W is subtracted: the penalty's gradient is added to the loss's (the step "
                         "subtracts the sum).",
-               "only": "it replaces backward's gradient by lambda * W: add it, grads[name] + weight_decay * params[name]."}
+               "only": "it replaces backward's gradient by lambda * W: add it, "
+                       "grads[name] + weight_decay * params[name]."}
     biases = {"lambda": "the bias is decayed too: the penalty is on the weights W1 and W2 only (a bias multiplies "
-                        "no pixel, and keeping it free costs no overfitting): leave its gradient as backward computed it.",
+                        "no pixel, and keeping it free costs no overfitting): leave its gradient as backward "
+                        "computed it.",
               "one": "the bias is decayed too, without the factor lambda: decay W1 and W2 only."}
     _fail_if(name, *_grouped({k: _mismatch(
         k, result[k], _answer(f"{name}.{k}"),
@@ -2260,14 +2272,15 @@ def check_add_weight_decay(add_weight_decay):
 
 def check_momentum_step(momentum_step):
     """Check three steps of your momentum_step(params, grads, velocity, lr, momentum) against
-    v <- momentum * v - lr * g, then p <- p + v, from a velocity of zeros (notebook 05 §4)."""
+    v <- momentum * v - lr * g, then p <- p + v, from a velocity of zeros (notebook 05 §3)."""
     __tracebackhide__ = True
     name = "momentum_step"
     if _not_yours(name, momentum_step):
         return
     _, all_grads, lr, mu = _momentum_problem()
     velocity_mistakes = {
-        "uphill": "it has the wrong sign: v <- momentum * v - lr * g (the velocity points downhill, against the gradient).",
+        "uphill": "it has the wrong sign: v <- momentum * v - lr * g (the velocity points downhill, against the "
+                  "gradient).",
         "forgets": "the new velocity forgets the old one: v <- momentum * v - lr * g keeps a fraction momentum of "
                    "it (is velocity reset, or not kept, between steps?).",
         "without_momentum": "the factor momentum is missing: v <- momentum * v - lr * g.",
@@ -2302,7 +2315,8 @@ def check_momentum_step(momentum_step):
             raise ExerciseCheckError(
                 f"{at}: velocity did not change, so the next step cannot remember this one (every step would be "
                 f"plain SGD). Keep the new velocity in the dict you are given: v = velocity[name]; v *= momentum; "
-                f"v -= lr * g (a new array, `v = momentum * v - lr * g`, only renames; velocity[name] = ... stores it).")
+                f"v -= lr * g (a new array, `v = momentum * v - lr * g`, only renames; velocity[name] = ... "
+                f"stores it).")
         _fail_if(at, *("velocity: " + line for line in _grouped({k: _mismatch(
             k, velocity[k], _answer(f"momentum{t}.v.{k}"), "v <- momentum * v - lr * g.",
             mistakes=[(_answer(f"momentum{t}.v.{k}.{how}"), text) for how, text in velocity_mistakes.items()])

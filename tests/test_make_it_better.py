@@ -3,7 +3,9 @@
 The additions run inside the lesson's own loop (train_epoch calls sgd_step; train() binds that name
 to a step with decay and momentum), so the tests compare train() with loops written out by hand.
 """
+import re
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +116,9 @@ def student_lesson(loop=STUDENT_LOOP):
     calls = dict.fromkeys(["forward", "mse_loss", "backward", "sgd_step", "add_weight_decay", "momentum_step"], 0)
     namespace = {"np": np, "fh": fh}
     for name in calls:
-        def counted(*args, _name=name, _original=getattr(fh, name)):
+        original = getattr(fh, name)
+
+        def counted(*args, _name=name, _original=original):
             calls[_name] += 1
             return _original(*args)
         namespace[name] = counted
@@ -236,14 +240,17 @@ def decay_stub(grads, params, weight_decay):
     raise NotImplementedError("grads[name] + weight_decay * params[name] for W1 and W2")
 
 
-@pytest.mark.parametrize("mutant, phrases", [
+DECAY_MISTAKES = [
     (decay_biases, ["b1 and b2 are wrong: the bias is decayed too", "W1 and W2 only"]),
     (decay_without_lambda, ["W1 and W2 are wrong: the factor lambda is missing"]),
     (decay_twice, ["lambda * W is added twice"]),
     (decay_the_weights_too, ["it changed params (W1 and W2)", "applies the decay twice"]),
     (decay_in_place_only, ["it returns None: end with `return grads`"]),
     (decay_stub, ["add_weight_decay is not implemented yet", "Hint: grads[name] + weight_decay"]),
-])
+]
+
+
+@pytest.mark.parametrize("mutant, phrases", DECAY_MISTAKES)
 def test_check_add_weight_decay_names_the_mistake(mutant, phrases):
     fails(fh.check_add_weight_decay, mutant, *phrases)
 
@@ -291,7 +298,7 @@ def weights_only(params, grads, velocity, lr, momentum):
         params[k] += velocity[k]
 
 
-@pytest.mark.parametrize("mutant, phrases", [
+MOMENTUM_MISTAKES = [
     (velocity_not_kept, ["(step 1 of 3): velocity did not change", "every step would be plain SGD"]),
     (velocity_reset, ["(step 2 of 3): velocity: W1, b1, W2 and b2 are wrong: the new velocity forgets the old one"]),
     (velocity_uphill, ["velocity: W1, b1, W2 and b2 are wrong: it has the wrong sign: v <- momentum * v - lr * g"]),
@@ -299,6 +306,22 @@ def weights_only(params, grads, velocity, lr, momentum):
     (step_before_velocity, ["it moved with the velocity of the step before", "update v first"]),
     (new_param_arrays, ["it puts new arrays into params"]),
     (weights_only, ["the velocity of b1 and b2 did not change"]),
-])
+]
+
+
+@pytest.mark.parametrize("mutant, phrases", MOMENTUM_MISTAKES)
 def test_check_momentum_step_names_the_mistake(mutant, phrases):
     fails(fh.check_momentum_step, mutant, *phrases)
+
+
+def test_the_messages_teaching_md_quotes_are_what_the_checks_say():
+    """The quotes in TEACHING.md's paragraphs on these two checks come from the messages of the mutants above."""
+    tables = {fh.check_add_weight_decay: DECAY_MISTAKES, fh.check_momentum_step: MOMENTUM_MISTAKES}
+    messages = [" ".join(str(pytest.raises(fh.ExerciseCheckError, check, mutant).value).split())
+                for check, table in tables.items() for mutant, _ in table]
+    guide = (Path(__file__).resolve().parents[1] / "TEACHING.md").read_text(encoding="utf-8")
+    paragraphs = re.findall(r"\*\*(?:add_weight_decay|momentum_step)\*\* \(notebook 05\):(.*?)\n\n", guide, re.S)
+    quoted = [" ".join(q.split()) for paragraph in paragraphs for q in re.findall(r'"([^"]+)"', paragraph)]
+    assert len(paragraphs) == 2 and len(quoted) >= 5
+    for quote in quoted:
+        assert any(quote in m for m in messages), f"TEACHING.md quotes a message no check gives: {quote!r}"

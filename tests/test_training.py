@@ -191,8 +191,8 @@ def test_lesson_functions_reads_the_notebooks_defs(tmp_path, capsys):
     write_notebook(tmp_path / "03_training.ipynb", "def sgd_step(params, grads, lr):\n    pass",
                    "def train_epoch(params, X, y, lr, batch_size, rng):\n    return 0.5")
     lesson = fh.lesson_functions(tmp_path)
-    assert capsys.readouterr().out == ("Training runs your own code: forward, mse_loss, backward from "
-                                       "02_backprop.ipynb; sgd_step, train_epoch from 03_training.ipynb\n")
+    assert capsys.readouterr().out == ("Training runs the code of your notebooks: forward, mse_loss and backward "
+                                       "from 02_backprop.ipynb; sgd_step and train_epoch from 03_training.ipynb.\n")
     assert lesson.forward(None, None) == "mine" and lesson.train_epoch(*[None] * 6) == 0.5
     assert list(lesson.backward(None, None, np.array([-1.0, 2.0]))) == [0.0, 2.0]  # its helper came along
 
