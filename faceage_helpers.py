@@ -535,7 +535,8 @@ def build_data_zip(source, out="data.zip", test_fraction=TEST_FRACTION, seed=0) 
 # =============================================================================
 # Batch form: X is (N, 2304), one face per row, so Z = X W1^T + b1 is (N, hidden).
 
-def init_params(n_hidden=DEFAULTS["n_hidden"], n_in=N_PIXELS, seed=DEFAULTS["seed"], dtype=np.float32, w1_gain=0.1) -> dict:
+def init_params(n_hidden=DEFAULTS["n_hidden"], n_in=N_PIXELS, seed=DEFAULTS["seed"], dtype=np.float32,
+                w1_gain=0.1) -> dict:
     """Random weights scaled for ReLU (He: std sqrt(2/fan_in)), zero biases.
 
     W1 starts w1_gain times smaller than He's scale: the face-shaped features that training
@@ -1099,7 +1100,8 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 
 def fit_ridge(X, y, lam=100.0, chunk=2048):
-    """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns predict(X) (notebook 01 §5).
+    """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns
+    predict(X) (notebook 01 §5).
 
     Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set.
     """
@@ -1256,7 +1258,8 @@ BROWSER_DPI = 80  # small PNGs: a redraw stays well under a second, and projects
 
 
 def hidden_activations(model, X):
-    """Hidden activations h = relu(W1 x + b1), shape (N, hidden), of faces X standardised as in training (notebook 04 §3)."""
+    """Hidden activations h = relu(W1 x + b1), shape (N, hidden), of faces X standardised as in training
+    (notebook 04 §3)."""
     H = np.empty((len(X), len(model.params["W1"])), dtype=model.params["W1"].dtype)
     for rows, _, (_, _, H_rows) in _forward_in_chunks(model, X):
         H[rows] = H_rows
@@ -1281,7 +1284,8 @@ def input_gradient(model, X, backward_to_input, batch_size=1024):
         dX = np.asarray(backward_to_input(model.params, cache, np.ones(len(y_hat), dtype=dtype)))
         if dX.shape != (len(y_hat), N_PIXELS):
             raise ValueError(f"backward_to_input returned shape {dX.shape} for {len(y_hat)} faces, but dX has the "
-                             f"shape of X, {(len(y_hat), N_PIXELS)}: run fh.check_backward_to_input(backward_to_input).")
+                             f"shape of X, {(len(y_hat), N_PIXELS)}: run "
+                             f"fh.check_backward_to_input(backward_to_input).")
         G[rows] = dX * (model.y_std / model.x_std)
     return G
 
@@ -1424,14 +1428,16 @@ def _unit_view(model, X_faces, ages, top_k):
     def describe(j):
         faces = ("it is zero on every face (a dead ReLU)" if st["never_active"][j] else
                  f"its {top_k} most exciting faces are {st['ages'][st['top'][j]].mean():.0f} years old on average")
-        return f"output weight W2 = {st['W2'][j]:+.3f}, pushes the predicted age {_pushes(st['W2'][j], negligible)}; {faces}"
+        return (f"output weight W2 = {st['W2'][j]:+.3f}, pushes the predicted age "
+                f"{_pushes(st['W2'][j], negligible)}; {faces}")
 
     return draw, describe
 
 
 def _unit_index(value, n_hidden, name="unit"):
     if not 0 <= int(value) < n_hidden:
-        raise ValueError(f"{name} must be between 0 and {n_hidden - 1} (the network has {n_hidden} hidden units), got {value}.")
+        raise ValueError(f"{name} must be between 0 and {n_hidden - 1} (the network has {n_hidden} hidden units), "
+                         f"got {value}.")
     return int(value)
 
 
@@ -2020,7 +2026,8 @@ def check_numerical_gradient(numerical_gradient):
 
 
 def check_sgd_step(sgd_step):
-    """Check that your sgd_step(params, grads, lr) moves every parameter by -lr * gradient, in place (notebook 03 §3)."""
+    """Check that your sgd_step(params, grads, lr) moves every parameter by -lr * gradient, in place
+    (notebook 03 §3)."""
     __tracebackhide__ = True
     if _not_yours("sgd_step", sgd_step):
         return

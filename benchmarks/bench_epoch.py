@@ -402,7 +402,8 @@ def report_targets(rows):
             value = at[key]["numpy32", "torch32"]
             print(f"  {what:50s} {value:5.2f}   target <= {limit:.2f}: {'met' if value <= limit else 'MISSED'}")
     for key in sorted(k for k in at if k[0] in (64, 128) and k[1] in (64, 100)):
-        print(f"  numpy/floor at batch {key[0]}, hidden {key[1]}: {at[key]['numpy32', 'floor32']:.2f} (reported, no target)")
+        print(f"  numpy/floor at batch {key[0]}, hidden {key[1]}: "
+              f"{at[key]['numpy32', 'floor32']:.2f} (reported, no target)")
     hidden = min({h for b, h in at if b == 128} or {h for _, h in at}, key=lambda h: abs(h - 100))
     batch = 128 if (128, hidden) in at else min(b for b, h in at if h == hidden)
     print(f"numpy/torch epoch time ratio at batch {batch}, float32: {at[batch, hidden]['numpy32', 'torch32']:.2f}")

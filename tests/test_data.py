@@ -4,9 +4,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from fakes import fake_faces, make_fake_zip, write_zip
 
 import faceage_helpers as fh
+from fakes import fake_faces, make_fake_zip, write_zip
 
 
 @pytest.fixture

@@ -51,7 +51,8 @@ def test_weight_image_passes_with_one_line(capsys):
 
 @pytest.mark.parametrize("name", LESSON + ["weight_image"])
 def test_the_modules_own_function_is_named_as_such_not_passed(name, capsys):
-    fails(getattr(fh, f"check_{name}"), getattr(fh, name), f"{name}: this is fh.{name}, the module's own function, not yours")
+    fails(getattr(fh, f"check_{name}"), getattr(fh, name),
+          f"{name}: this is fh.{name}, the module's own function, not yours")
     assert "all checks passed" not in capsys.readouterr().out
 
 
@@ -229,7 +230,8 @@ def test_backward_missing_relu_mask_names_dW1_and_db1_only():
 
 
 BACKWARD_MISTAKES = [
-    (backward_flipped_sign, ["dW2, db2, dW1 and db1 are wrong", "dW2, db2, dW1 and db1 are minus the right values: a sign error", "belongs in sgd_step"]),
+    (backward_flipped_sign, ["dW2, db2, dW1 and db1 are wrong",
+                             "dW2, db2, dW1 and db1 are minus the right values: a sign error", "belongs in sgd_step"]),
     (backward_transposed_dW1, ["backward: dW1 is wrong (dW2, db2 and db1 are right)",
                                "dW1 has shape (2304, 4), expected (4, 2304)", "looks transposed"]),
     (backward_biases_not_summed, ["db2 and db1 are wrong", "db2 has shape (5,), expected (1,)",
@@ -547,7 +549,8 @@ def test_messages_quoted_in_teaching_md_are_what_the_checks_say():
     messages += [fails(fh.check_backward, backward_without_mask), fails(fh.check_forward, stub),
                  fails(fh.check_train_epoch, notebook_train_epoch(sgd_step=sgd_plus))]
     guide = (Path(__file__).resolve().parents[1] / "TEACHING.md").read_text(encoding="utf-8")
-    quoted = [line for block in re.findall(r"```text\n(.*?)```", guide, re.S) for line in block.splitlines() if line.strip()]
+    quoted = [line for block in re.findall(r"```text\n(.*?)```", guide, re.S)
+              for line in block.splitlines() if line.strip()]
     assert len(quoted) >= 10
     for line in quoted:
         assert any(line.strip() in m for m in messages), f"TEACHING.md quotes a message no check gives: {line!r}"

@@ -81,7 +81,8 @@ def test_every_exercise_of_the_real_notebooks_is_graded():
 
 
 @pytest.mark.parametrize("name, student, notebook", [
-    ("doejane_12345_67890_02_backprop_and_gradient_checking.ipynb", "doejane", "02_backprop_and_gradient_checking.ipynb"),
+    ("doejane_12345_67890_02_backprop_and_gradient_checking.ipynb", "doejane",
+     "02_backprop_and_gradient_checking.ipynb"),
     ("doejane_late_12345_67890_03_training_with_sgd.ipynb", "doejane", "03_training_with_sgd.ipynb"),
 ])
 def test_the_example_config_collects_canvas_downloads(name, student, notebook):

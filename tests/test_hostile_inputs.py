@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import fake_faces, make_fake_zip, npy_bytes
 
 import faceage_helpers as fh
+from fakes import fake_faces, make_fake_zip, npy_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 2 * 2**30  # bytes of address space for a subprocess that reads hostile files

@@ -5,13 +5,12 @@ markers refused), then on the real notebooks: no solution line survives, every s
 check cell with its own hint, and the exercise notebook with the solutions pasted back runs top
 to bottom (one kernel per notebook: these runs dominate the time of this file).
 """
+import ast
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import ast
 
 import nbformat
 import pytest
@@ -95,11 +94,13 @@ def test_stub_raises_its_hint_and_the_pasted_solution_works():
 
 @pytest.mark.parametrize("source, problem", [
     ("x = 1\n### BEGIN SOLUTION\n### HINT: h\nx = 2", "line 2: BEGIN SOLUTION without a matching"),
-    ("### BEGIN SOLUTION\n### HINT: h\n### BEGIN SOLUTION\n### HINT: h\n### END SOLUTION", "line 3: BEGIN SOLUTION inside"),
+    ("### BEGIN SOLUTION\n### HINT: h\n### BEGIN SOLUTION\n### HINT: h\n### END SOLUTION",
+     "line 3: BEGIN SOLUTION inside"),
     ("### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "line 1: the line after '### BEGIN SOLUTION' must be '### HINT:"),
     ("### BEGIN SOLUTION\n### HINT:   \nx = 2\n### END SOLUTION", "must be '### HINT: <one line hint>'"),
     ("x = 2\n### END SOLUTION", "line 2: END SOLUTION without a BEGIN"),
-    ("def f():\n    ### BEGIN SOLUTION\n    ### HINT: h\n    return 1\n### END SOLUTION", "line 5: END SOLUTION is indented"),
+    ("def f():\n    ### BEGIN SOLUTION\n    ### HINT: h\n    return 1\n### END SOLUTION",
+     "line 5: END SOLUTION is indented"),
     ("### BEGIN SOLUTIONS\n### HINT: h\nx = 2\n### END SOLUTION", "line 1: '### BEGIN SOLUTIONS' looks like a marker"),
     ("x = 2  ## HINT: stray", "line 1: 'x = 2  ## HINT: stray' looks like a marker"),
 ])
@@ -238,7 +239,8 @@ def save_filled_in(out, student, replace=None):
 
 def client_for(nb, out, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")  # figures are not looked at here
-    return NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(out / "notebooks")}})
+    return NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(out / "notebooks")}})
 
 
 @pytest.mark.parametrize("name", WITH_EXERCISES)
@@ -294,11 +296,13 @@ def test_a_wrong_backward_in_02_is_what_notebook_03_reports(tmp_path_factory, mo
     ms.make_student(ROOT / "notebooks", out)
     student = {name: nbformat.read(out / "notebooks" / name, as_version=4) for name in SOLUTIONS}
     name = "03_training_with_sgd.ipynb"
-    nb = save_filled_in(out, student, replace={("02_backprop_and_gradient_checking.ipynb", "backward"): SIGN_ERROR})[name]
+    wrong = {("02_backprop_and_gradient_checking.ipynb", "backward"): SIGN_ERROR}
+    nb = save_filled_in(out, student, replace=wrong)[name]
     training = next(i for i, c in enumerate(nb.cells) if "lesson=lesson" in c.source)
     client = client_for(nb, out, monkeypatch)
     with client.setup_kernel():
-        errors = [(i, run(client, cell, i)) for i, cell in enumerate(nb.cells[:training + 1]) if cell.cell_type == "code"]
+        errors = [(i, run(client, cell, i)) for i, cell in enumerate(nb.cells[:training + 1])
+                  if cell.cell_type == "code"]
     failed = [(i, e) for i, e in errors if e]
     assert failed[0][1][0] == "ExerciseCheckError" and "fh.check_train_epoch" in nb.cells[failed[0][0]].source
     assert failed[0][1][1].startswith("train_epoch calls your backward, and backward is not right yet")

@@ -359,7 +359,8 @@ import numpy as np
 
 import faceage_helpers as fh
 
-print("faceage_reference: the teacher's reference solutions are in use ({", ".join(names)}); they are not your own code.")
+print("faceage_reference: the teacher's reference solutions are in use ({", ".join(names)}); "
+      "they are not your own code.")
 
 
 ''' + "\n\n\n".join(parts) + "\n")
