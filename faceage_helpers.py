@@ -59,12 +59,12 @@ _this_module = sys.modules[__name__]  # the reference lesson: its forward, backw
 # =============================================================================
 
 class DataError(ValueError):
-    """Raised for a missing, corrupt or malformed data set, with a message that says how to fix it."""
+    """Raised for a missing, corrupt or malformed data set, with a message that says how to fix it (notebook 01 §1)."""
 
 
 @dataclass
 class FaceData:
-    """The course data set: faces as float32 rows in [0, 1], ages in years, and optional metadata."""
+    """The course data set: faces as float32 rows in [0, 1], ages in years, and optional metadata (notebook 01 §1)."""
     Xtr: np.ndarray
     ytr: np.ndarray
     Xte: np.ndarray
@@ -86,7 +86,7 @@ class FaceData:
 
 
 def find_data(path=None) -> Path:
-    """Locate data.zip: the argument, then $FACEAGE_DATA, then data.zip beside this module."""
+    """Locate data.zip: the argument, then $FACEAGE_DATA, then data.zip beside this module (notebook 01 §1)."""
     tried = []
     candidates = []
     if path is not None:
@@ -112,7 +112,7 @@ def find_data(path=None) -> Path:
 
 
 def as_face_rows(X, name="X") -> np.ndarray:
-    """Check faces and return them as float32 rows of 2304 pixels in [0, 1].
+    """Check faces and return them as float32 rows of 2304 pixels in [0, 1] (notebook 01 §1, inside fh.load_data).
 
     Accepts uint8 (0-255) or float (0-1) pixels, shaped (N, 48, 48) or (N, 2304).
     """
@@ -138,7 +138,7 @@ def as_face_rows(X, name="X") -> np.ndarray:
 
 
 def as_ages(y, n, name="y") -> np.ndarray:
-    """Check a vector of n ages and return it as float64."""
+    """Check a vector of n ages and return it as float64 (notebook 01 §1, inside fh.load_data)."""
     y = np.asarray(y)
     if y.ndim != 1:
         y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
@@ -238,7 +238,7 @@ def _read_meta(zf: zipfile.ZipFile, member: str, n: int, path: Path) -> dict:
 
 
 def load_data(path=None) -> FaceData:
-    """Load data.zip in the course layout (age_regression_{Xtr,ytr,Xte,yte}.npy, optional meta CSVs).
+    """Load data.zip in the course layout (age_regression_{Xtr,ytr,Xte,yte}.npy, optional meta CSVs) (notebook 01 §1).
 
     Faces come back as float32 rows of 2304 pixels in [0, 1]; ages as float64 years.
     """
@@ -264,7 +264,7 @@ def load_data(path=None) -> FaceData:
 
 
 def train_val_split(X, y, val_fraction=DEFAULTS["val_fraction"], seed=DEFAULTS["seed"]):
-    """Split training data into (X_train, y_train, X_val, y_val) with a seeded shuffle.
+    """Split training data into (X_train, y_train, X_val, y_val) with a seeded shuffle (notebook 03 §1).
 
     Choose settings on the validation part; keep the test split for the final report.
     """
@@ -412,7 +412,7 @@ def near_duplicate_pairs(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> np.ndar
 
 def near_duplicate_groups(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> list:
     """Groups (lists of indices) of faces that are one photograph: near_duplicate_pairs joined through
-    shared members. build-data keeps each group within one split."""
+    shared members. The command line's build-data keeps each group within one split."""
     parent = list(range(len(faces)))
 
     def root(i):
@@ -459,7 +459,7 @@ TEST_FRACTION = 0.19  # build-data's share of faces for the test split
 
 
 def build_data_zip(source, out="data.zip", test_fraction=TEST_FRACTION, seed=0) -> Path:
-    """Build a course-layout data.zip from a UTKFace 'Aligned & Cropped' folder or .tar.gz.
+    """Build a course-layout data.zip from a UTKFace 'Aligned & Cropped' folder or .tar.gz (command line: build-data).
 
     Age, gender and race come from the file names; images become 48x48 grayscale (Lanczos). Files
     that cannot be UTKFace faces are skipped and counted by reason; the same photograph never lies
@@ -537,7 +537,7 @@ def build_data_zip(source, out="data.zip", test_fraction=TEST_FRACTION, seed=0) 
 
 def init_params(n_hidden=DEFAULTS["n_hidden"], n_in=N_PIXELS, seed=DEFAULTS["seed"], dtype=np.float32,
                 w1_gain=0.1) -> dict:
-    """Random weights scaled for ReLU (He: std sqrt(2/fan_in)), zero biases.
+    """Random weights scaled for ReLU (He: std sqrt(2/fan_in)), zero biases (notebook 02 §4).
 
     W1 starts w1_gain times smaller than He's scale: the face-shaped features that training
     writes into W1 then stand out from the random start (and validation error is lower).
@@ -552,11 +552,12 @@ def init_params(n_hidden=DEFAULTS["n_hidden"], n_in=N_PIXELS, seed=DEFAULTS["see
 
 
 def relu(z):
+    """The ReLU, max(z, 0) elementwise (notebook 02 §3)."""
     return np.maximum(z, 0)
 
 
 def forward(params, X):
-    """Predict y^ (N,) for faces X (N, 2304); also return the cache backward needs."""
+    """Predict y^ (N,) for faces X (N, 2304); also return the cache backward needs (notebook 02 §3)."""
     W1, b1, W2, b2 = params["W1"], params["b1"], params["W2"], params["b2"]
     Z = X @ W1.T + b1            # (N, hidden)
     H = relu(Z)                  # (N, hidden)
@@ -565,13 +566,13 @@ def forward(params, X):
 
 
 def mse_loss(y_hat, y):
-    """Mean squared error L = mean((y^ - y)^2) and its gradient dL/dy^ = 2 (y^ - y) / N."""
+    """Mean squared error L = mean((y^ - y)^2) and its gradient dL/dy^ = 2 (y^ - y) / N (notebook 02 §3)."""
     diff = y_hat - y
     return float(np.mean(diff ** 2)), (2.0 / len(y)) * diff
 
 
 def backward(params, cache, dy_hat):
-    """Gradients of the loss with the same names and shapes as params, from dL/dy^ (N,)."""
+    """Gradients of the loss with the same names and shapes as params, from dL/dy^ (N,) (notebook 02 §4)."""
     X, Z, H = cache
     W2 = params["W2"]
     dW2 = dy_hat[None, :] @ H            # (1, hidden)  = sum_n dy^_n h_n
@@ -593,12 +594,12 @@ def weight_image(W1, j):
 # =============================================================================
 
 class GradientCheckError(AssertionError):
-    """Raised when backward disagrees with centered differences; says where and by how much."""
+    """Raised when backward disagrees with centered differences; says where and by how much (notebook 02 §8)."""
 
 
 @dataclass
 class GradCheck:
-    """One parameter's result: the worst relative error and where it happened."""
+    """One parameter's result: the worst relative error and where it happened (notebook 02 §6)."""
     name: str
     rel_error: float
     worst_index: tuple
@@ -609,7 +610,7 @@ class GradCheck:
 
 
 def rel_error(a, b):
-    """Relative error max|a - b| / max(1e-8, max(|a| + |b|)) of two arrays.
+    """Relative error max|a - b| / max(1e-8, max(|a| + |b|)) of two arrays (notebook 02 §6).
 
     Measured against the largest entry, so an entry that happens to be tiny (where float64
     roundoff in the centered difference is as big as the entry itself) cannot fake a failure.
@@ -619,7 +620,7 @@ def rel_error(a, b):
 
 
 def numerical_gradient(f, x, indices, h=1e-5):
-    """Centered difference (f(x + h) - f(x - h)) / 2h of scalar f() at the given flat indices of x.
+    """Centered difference (f(x + h) - f(x - h)) / 2h of scalar f() at the given flat indices of x (notebook 02 §5).
 
     Each entry costs two evaluations of f, so checking every entry of W1 is slow on purpose:
     pass a random subset of indices for speed.
@@ -638,7 +639,7 @@ def numerical_gradient(f, x, indices, h=1e-5):
 
 
 def gradient_check(params, X, y, n_entries=None, seed=0, h=1e-5, forward_fn=None, backward_fn=None):
-    """Compare backward with centered differences in float64, parameter by parameter.
+    """Compare backward with centered differences in float64, parameter by parameter (notebook 02 §6).
 
     n_entries: check this many random entries per parameter (100 entries of a hidden-64 network
     take ~0.06 s). None checks every entry at 2 forward passes each: ~1 s for hidden 10, but
@@ -680,7 +681,7 @@ def gradient_check(params, X, y, n_entries=None, seed=0, h=1e-5, forward_fn=None
 
 
 def report_gradient_check(results, tol=1e-7, raise_on_failure=False) -> bool:
-    """Print each parameter's relative error beside what it should be; True when all pass."""
+    """Print each parameter's relative error beside what it should be; True when all pass (notebook 02 §6)."""
     failures = []
     for r in results.values():
         ok = r.rel_error < tol
@@ -703,12 +704,12 @@ def report_gradient_check(results, tol=1e-7, raise_on_failure=False) -> bool:
 # =============================================================================
 
 class TrainingDiverged(FloatingPointError):
-    """Raised when the loss becomes non-finite or explodes: the learning rate is too large."""
+    """Raised when the loss becomes non-finite or explodes: the learning rate is too large (notebook 03 §7)."""
 
 
 @dataclass
 class Model:
-    """A trained network plus the standardisation it expects, so predict() works in years."""
+    """A trained network plus the standardisation it expects, so predict() works in years (notebook 03 §6)."""
     params: dict
     x_mean: np.ndarray
     x_std: np.ndarray
@@ -777,7 +778,7 @@ def _check_loss(loss, epoch, lr, start_loss):
 
 
 def mirror_faces(X):
-    """Flip face rows left-right: column c of each 48x48 image becomes column 47 - c (notebook 03 §6)."""
+    """Flip face rows left-right: column c of each 48x48 image becomes column 47 - c (notebook 01 §6)."""
     return X.reshape(-1, *IMAGE_SHAPE)[:, :, ::-1].reshape(len(X), N_PIXELS)
 
 
@@ -1024,7 +1025,7 @@ MAX_HIDDEN = 10_000  # a sane bound on hidden units, checked before a model file
 
 
 def save_model(model: Model, path):
-    """Save a trained model (weights, standardisation, history, settings) as one .npz file.
+    """Save a trained model (weights, standardisation, history, settings) as one .npz file (command line).
 
     The file is replaced whole or not at all (an interrupted save keeps the previous model).
     """
@@ -1056,7 +1057,7 @@ def _check_model_arrays(a: dict) -> str | None:
 
 
 def load_model(path) -> Model:
-    """Load a model written by save_model, after checking its shapes, dtypes and finiteness."""
+    """Load a model written by save_model, after checking its shapes, dtypes and finiteness (command line: evaluate)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"No model file at {path}. Train one first: python faceage_helpers.py "
@@ -1087,8 +1088,8 @@ def load_model(path) -> Model:
 # =============================================================================
 
 def regression_metrics(y_true, y_pred) -> dict:
-    """MSE (years^2), RMSE and MAE (years). A column (N, 1) counts as a vector: subtracted from an (N,)
-    vector it would broadcast to an (N, N) table of every pairwise difference."""
+    """MSE (years^2), RMSE and MAE (years) (notebook 01 §5). A column (N, 1) counts as a vector: subtracted
+    from an (N,) vector it would broadcast to an (N, N) table of every pairwise difference."""
     y_true, y_pred = (np.asarray(a, dtype=np.float64) for a in (y_true, y_pred))
     y_true, y_pred = (a.reshape(-1) if a.ndim == 2 and 1 in a.shape else a for a in (y_true, y_pred))
     if y_true.ndim != 1 or y_true.shape != y_pred.shape:
@@ -1101,7 +1102,7 @@ def regression_metrics(y_true, y_pred) -> dict:
 
 def fit_ridge(X, y, lam=100.0, chunk=2048):
     """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns
-    predict(X) (notebook 01 §5).
+    predict(X) (notebook 01 §5, inside fh.baselines).
 
     Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set.
     """
@@ -1121,7 +1122,7 @@ def fit_ridge(X, y, lam=100.0, chunk=2048):
 
 
 def baselines(data: FaceData, lam=100.0, return_predictions=False):
-    """Test metrics of the two models every network must beat: the training mean and ridge regression.
+    """Test metrics of the two models every network must beat: the training mean and ridge regression (notebook 01 §5).
 
     return_predictions=True also returns their test predictions {name: ages}, so a caller that
     wants to plot them need not fit ridge (a few seconds) a second time.
@@ -1133,7 +1134,7 @@ def baselines(data: FaceData, lam=100.0, return_predictions=False):
 
 
 def format_metrics_table(rows: dict) -> str:
-    """A fixed-format table of {name: metrics} for printing."""
+    """A fixed-format table of {name: metrics} for printing (notebook 01 §5)."""
     width = max([5, *map(len, rows)])
     lines = [f"{'model':<{width}} {'RMSE (y)':>9} {'MAE (y)':>8}"]
     lines += [f"{name:<{width}} {m['rmse']:9.2f} {m['mae']:8.2f}" for name, m in rows.items()]
@@ -1153,13 +1154,13 @@ def _plt():
 
 
 def weight_limits(w):
-    """Symmetric colour limits so zero sits at the centre of a diverging colour map."""
+    """Symmetric colour limits so zero sits at the centre of a diverging colour map (notebook 04 §2)."""
     m = float(np.max(np.abs(w))) or 1.0
     return -m, m
 
 
 def show_faces(X, ages, titles=None, ncols=8, title="Faces and their ages", size=1.4):
-    """A grid of faces (grayscale, true aspect) titled with their ages; returns the figure."""
+    """A grid of faces (grayscale, true aspect) titled with their ages; returns the figure (notebook 01 §2)."""
     plt = _plt()
     X = as_face_rows(X)
     n = len(X)
@@ -1176,7 +1177,7 @@ def show_faces(X, ages, titles=None, ncols=8, title="Faces and their ages", size
 
 
 def plot_learning_curves(history, ax=None, title="Learning curves"):
-    """Training and validation loss per epoch (scaled MSE: 1.0 = predicting the mean age)."""
+    """Training and validation loss per epoch (scaled MSE: 1.0 = predicting the mean age) (notebook 03 §6)."""
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
@@ -1214,7 +1215,7 @@ def plot_weight_grid(W1, n=30, ncols=10, title=None, units=None, size=1.3, W2=No
 
 
 def save_weight_images(W1, folder, n=30, scale=4):
-    """Write weight_image_0.png ... weight_image_{n-1}.png and weight_grid.png to folder.
+    """Write weight_image_0.png ... weight_image_{n-1}.png and weight_grid.png to folder (command line).
 
     They replace the folder's earlier images as a set: drawn in a temporary folder first (an
     interrupted run leaves the previous set as it was), then moved in, and images of units beyond
@@ -1442,7 +1443,8 @@ def _unit_index(value, n_hidden, name="unit"):
 
 
 def unit_browser(model, X_faces, ages, top_k=8, unit=0):
-    """A slider over hidden units: each unit's weight image, output weight W2[0, j] and most exciting faces.
+    """A slider over hidden units: each unit's weight image, output weight W2[0, j] and most exciting faces
+    (notebook 04 §3).
 
     X_faces, ages: the faces to search (e.g. the training faces) and their ages. Returns a VBox
     (IntSlider "unit", HTML caption "unit j: ...", Output with the figure) to display.
@@ -1459,7 +1461,7 @@ def unit_browser(model, X_faces, ages, top_k=8, unit=0):
 
 
 def rank_browser(model, X_faces, ages, top_k=8):
-    """Like unit_browser, but the slider runs over units sorted by output weight W2, largest first.
+    """Like unit_browser, but the slider runs over units sorted by output weight W2, largest first (notebook 04 §5).
 
     Rank 1 pushes the predicted age up the most, the last rank pushes it down the most, and the
     ranks in the middle (W2 near 0) barely matter to the prediction.
@@ -1478,7 +1480,7 @@ def rank_browser(model, X_faces, ages, top_k=8):
 
 
 def epoch_browser(history, units=(0, 1, 2, 3, 4, 5, 6, 7), ncols=4):
-    """A slider over the W1 snapshots of training: watch the chosen units' features form.
+    """A slider over the W1 snapshots of training: watch the chosen units' features form (notebook 04 §4).
 
     history: model.history from train(..., snapshot_every=k). Each unit keeps one colour scale
     for all epochs (its largest |w| over the snapshots), so growing weights look stronger.
@@ -1591,7 +1593,7 @@ def input_gradient_browser(model, X_faces, ages, backward_to_input, face=0):
 # (__tracebackhide__ = True: IPython and pytest then show the message, not the checks' own code.)
 
 class ExerciseCheckError(AssertionError):
-    """An exercise check failed; the message names the likely mistake and how to fix it."""
+    """An exercise check failed; the message names the likely mistake and how to fix it (notebook 02 §3)."""
 
 
 CHECK_TOL = 1e-6  # rel_error below which your array counts as equal to the reference
@@ -2475,6 +2477,7 @@ def _add_training_options(p):
 
 
 def make_parser():
+    """The command line's options and its commands train (the default), evaluate and build-data."""
     parser = argparse.ArgumentParser(
         prog="python faceage_helpers.py", argument_default=argparse.SUPPRESS,
         description="FaceAge: train the age-estimating network on data.zip (the default), evaluate a "
@@ -2498,6 +2501,7 @@ def make_parser():
 
 
 def main(argv=None):
+    """Run the command line (python faceage_helpers.py --help); returns the exit status."""
     parser = make_parser()
     args = parser.parse_args(argv)
     command = getattr(args, "command", None) or "train"

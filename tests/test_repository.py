@@ -59,3 +59,30 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test$", ci, re.M)
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def public_helpers():
+    """(name, docstring) of every public function and class the module defines."""
+    import inspect
+
+    import faceage_helpers as fh
+    return [(name, inspect.getdoc(obj) or "") for name, obj in vars(fh).items()
+            if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and obj.__module__ == fh.__name__]
+
+
+@pytest.mark.parametrize("name, doc", public_helpers(), ids=[name for name, _ in public_helpers()])
+def test_each_helper_names_the_notebook_section_that_teaches_it(name, doc):
+    """d2l's rule: a helper's docstring names its section, so the lessons and the module cannot drift apart."""
+    refs = re.findall(r"notebook (\d\d) §(\d+)", doc)
+    if not refs:
+        assert "command line" in doc, f"{name}: its docstring names no 'notebook NN §k' (nor 'command line')"
+    for number, section in refs:
+        path = next((p for p in NOTEBOOKS if p.name.startswith(f"{number}_")), None)
+        assert path, f"{name}: notebook {number} does not exist"
+        text = path.read_text(encoding="utf-8")
+        assert re.search(rf'"## {section}\. ', text), f"{name}: notebook {number} has no section {section}"
+        if not name[0].isupper():  # a function (not an exception or a result class) is called by name
+            used = re.search(r"inside fh\.(\w+)", doc)  # e.g. as_ages works inside fh.load_data
+            mentioned = used.group(1) if used else name
+            assert re.search(rf"\b{mentioned}\b", text), f"{name}: notebook {number} never mentions {mentioned}"
