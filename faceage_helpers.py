@@ -443,16 +443,17 @@ def _split_by_groups(n, groups, test_fraction, seed):
 _DATA_README = """UTKFace at 48x48 grayscale, for age regression (built by faceage_helpers.py build-data)
 
 Arrays (NumPy .npy): age_regression_Xtr.npy / Xte.npy uint8 (N, 48, 48); ytr / yte float64 ages.
-meta_tr.csv, meta_te.csv: age, gender (0 male, 1 female, -1 unknown),
-race (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others, -1 unknown), source file name.
+meta_tr.csv, meta_te.csv: age, gender ({GENDERS}, -1 unknown),
+race ({RACES}, -1 unknown), source file name.
 
 Source: UTKFace (Zhang, Song and Qi, CVPR 2017). Each image converted to grayscale and resized to
 48x48 (Lanczos); exact duplicates merged, duplicates whose ages disagree dropped. Near-duplicates
-(the same photograph re-encoded, re-cropped or mirrored: centred pixel correlation above 0.97, as
+(the same photograph re-encoded, re-cropped or mirrored: centred pixel correlation above {NEAR_DUPLICATE}, as
 they are or mirrored) are kept, each group wholly in one split; the split is seeded.
 Licence: non-commercial research only; the images' copyright belongs to their owners.
 Never commit this file or anything made from it.
-"""
+""".format(GENDERS=", ".join(f"{code} {name}" for code, name in enumerate(GENDER_NAMES)),
+           RACES=", ".join(f"{code} {name}" for code, name in enumerate(RACE_NAMES)), NEAR_DUPLICATE=NEAR_DUPLICATE)
 
 
 TEST_FRACTION = 0.19  # build-data's share of faces for the test split
