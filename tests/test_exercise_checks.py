@@ -4,34 +4,17 @@ The mutants below are the mistakes students make; each test asserts the check fa
 message that explains that mistake (and, for the reference, prints exactly one line).
 """
 import re
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import faceage_helpers as fh
-
-
-def fails(check, fn, *phrases):
-    """Run check(fn), expect an ExerciseCheckError, and return its message after checking the phrases."""
-    with pytest.raises(fh.ExerciseCheckError) as info:
-        check(fn)
-    message = str(info.value)
-    for phrase in phrases:
-        assert phrase in message, f"{phrase!r} not in:\n{message}"
-    return message
+from check_support import fails, twin
 
 
 def stub(*args):
     raise NotImplementedError("Z = X @ W1.T + b1, then H = relu(Z)")
-
-
-def twin(fn, module=None):
-    """A copy of one of the module's functions: the same code, but not the object fh hands out."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
-    copy.__module__ = module or "__main__"
-    return copy
 
 
 LESSON = ["forward", "mse_loss", "backward", "numerical_gradient", "sgd_step", "train_epoch"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import faceage_helpers as fh
+from check_support import fails, twin
 
 
 def problem(n=96, seed=0):
@@ -185,21 +186,7 @@ def test_bad_settings_get_clear_messages():
 
 # --- the exercise checks: the reference passes; each typical mistake is named ---
 
-def fails(check, fn, *phrases):
-    with pytest.raises(fh.ExerciseCheckError) as info:
-        check(fn)
-    for phrase in phrases:
-        assert phrase in str(info.value), f"{phrase!r} not in:\n{info.value}"
-
-
 EXERCISES = ["add_weight_decay", "momentum_step"]
-
-
-def twin(fn):
-    """The module's function as a student would define it: the same code, in the notebook (__main__)."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
-    copy.__module__ = "__main__"
-    return copy
 
 
 @pytest.mark.parametrize("name", EXERCISES)
