@@ -24,10 +24,15 @@ data-check: setup
 # JupyterLab rooted at the repository (its file browser shows faceage_helpers.py, README.md and
 # TEACHING.md) with notebook 01 open. Jupyter refuses to run as root without --allow-root, and
 # containers and many cloud machines run as root: then it is added, and said so.
+# Kernels left idle for 30 minutes are shut down (a busy one never is), even with their tab open: a kernel
+# holds its notebook's arrays until it stops, and students open the next notebook without closing the last.
 AS_ROOT := $(filter 0,$(shell id -u))
+CULL := --MappingKernelManager.cull_idle_timeout=1800 --MappingKernelManager.cull_interval=120 \
+	--MappingKernelManager.cull_connected=True
 lab: setup data-check
 	@$(if $(AS_ROOT),echo "Running as root (as in many containers): starting JupyterLab with --allow-root.")
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(AS_ROOT),--allow-root) notebooks/01_explore_the_faces.ipynb
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(CULL) $(if $(AS_ROOT),--allow-root) \
+	  notebooks/01_explore_the_faces.ipynb
 
 # One BLAS thread: the notebooks' kernels, JupyterLab, Voila and Chromium share 2 cores, and
 # OpenBLAS threads that spin for a busy core slow training tenfold (results are the same either way).
@@ -70,9 +75,24 @@ $(TEACHER_STAMP): requirements-teacher.txt | setup
 grading-check: setup $(TEACHER_STAMP)
 	OPENBLAS_NUM_THREADS=1 MPLBACKEND=Agg PYTHONPATH=$(TEACHER_SITE) $(PY) tools/grading_check.py
 
-bench: setup
-	$(PY) -m pip install --quiet torch==2.13.0 threadpoolctl==3.8.0
-	$(PY) benchmarks/bench_epoch.py
+# The training loop against PyTorch and JAX (benchmarks/README.md). Those peers are the benchmark's
+# alone: installed from benchmarks/requirements-bench.txt into build/bench-site, not .venv.
+# make bench BENCH_ARGS="--quick" for a short run; BENCH_ARGS="--help" lists the options.
+BENCH_SITE := $(CURDIR)/build/bench-site
+BENCH_STAMP := $(BENCH_SITE)/.installed-$(shell cksum < benchmarks/requirements-bench.txt | cut -d' ' -f1)
+$(BENCH_STAMP): benchmarks/requirements-bench.txt | setup
+	rm -rf $(BENCH_SITE)
+	$(PY) -m pip install --quiet --no-deps --target $(BENCH_SITE) -r benchmarks/requirements-bench.txt
+	touch $@
+
+bench: setup $(BENCH_STAMP)
+	PYTHONPATH=$(BENCH_SITE) $(PY) benchmarks/bench_epoch.py $(BENCH_ARGS)
+
+# The course walked as a student walks it: every notebook in its own kernel, all left running; each
+# kernel's peak and resident memory, the walk's peak and the command line's (needs data.zip; minutes).
+.PHONY: walk
+walk: setup
+	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/course_walk.py $(WALK_ARGS)
 
 clean:
 	rm -rf build .pytest_cache weight_images model.npz

@@ -392,3 +392,53 @@ def click_track_at(box, fraction):
     box.locator(SLIDER_TRACK).scroll_into_view_if_needed()
     track = box.locator(SLIDER_TRACK).bounding_box()
     box.page.mouse.click(track["x"] + fraction * track["width"], track["y"] + track["height"] / 2)
+
+
+# -----------------------------------------------------------------------------
+# Notebook 08: the own-face browser (an upload button and four sliders in one box)
+# -----------------------------------------------------------------------------
+NOTEBOOK_08 = REPO / "notebooks" / "08_your_own_face.ipynb"
+SLIDERS_08 = ("centre x", "centre y", "size", "angle")  # the own-face browser's sliders, by description
+UPLOAD_BUTTON = "button.widget-upload"  # ipywidgets 8: a button that opens a file chooser (its input is detached)
+
+
+def copy_lessons(workdir, before="08"):
+    """Copy every notebook numbered below `before` into workdir/notebooks: fh.lesson_functions(before=...)
+    runs their `#@save` cells (notebook 08 needs 06's backward_to_input as well as 02's and 03's code)."""
+    folder = Path(workdir) / "notebooks"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        if path.name[:2] < before:
+            shutil.copy2(path, folder / path.name)
+
+
+def own_face_slider(box, name):
+    """The `.widget-slider` of the own-face browser whose description is `name` ("centre x", "size", ...)."""
+    label = box.page.locator(".widget-label", has_text=re.compile(rf"^\s*{name}\s*$"))
+    return box.locator(".widget-slider").filter(has=label)
+
+
+def slider_value(slider):
+    """The value an ipywidgets slider shows (its noUiSlider handle's aria-valuenow)."""
+    return int(float(slider.locator(".noUi-handle").get_attribute("aria-valuenow")))
+
+
+def wait_for_caption(box, text, old_src=None, timeout=30):
+    """Wait until the browser's caption contains `text` and its figure's <img> is loaded, with a src other
+    than old_src if given (a refused upload redraws the same picture, so its src may not change)."""
+    box.page.wait_for_function(
+        """([box, text, oldSrc, capSel, plotSel]) => {
+            const cap = box.querySelector(capSel), img = box.querySelector(plotSel);
+            return !!cap && !!img && cap.textContent.includes(text)
+                   && (oldSrc === null || img.src !== oldSrc) && img.complete && img.naturalWidth > 0;
+        }""",
+        arg=[box.element_handle(), text, old_src, CAPTION, PLOT], timeout=timeout * 1000, polling="raf")
+
+
+def upload_file(box, path):
+    """Click the browser's upload button and choose `path` in the file chooser it opens (as a person would)."""
+    button = box.locator(UPLOAD_BUTTON)
+    button.scroll_into_view_if_needed()
+    with box.page.expect_file_chooser() as chooser:
+        button.click()
+    chooser.value.set_files(str(path))

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests of the exercise checks (notebooks 02-06)."""
+"""Helpers shared by the tests of the exercise checks and of the lesson (notebooks 02-06)."""
+import textwrap
 import types
 
 import pytest
@@ -17,8 +18,15 @@ def fails(check, fn, *phrases):
 
 
 def twin(fn, module=None):
-    """A copy of one of the module's functions, as a student would define it: the same code, but not the
-    object fh hands out, and defined in the notebook (__main__) unless module says otherwise."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    """A copy of a function, as a student would define it: the same code, but not the object fh hands out,
+    and defined in the notebook (__main__) unless module says otherwise."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__module__ = module or "__main__"
     return copy
+
+
+def exec_source(source, module="__main__", **names):
+    """Run source as a notebook cell would (np and fh defined, __name__ = module); returns the namespace."""
+    namespace = {"np": fh.np, "fh": fh, "__name__": module, **names}
+    exec(textwrap.dedent(source), namespace)
+    return namespace

@@ -154,3 +154,82 @@ def test_face_slider_redraws_in_voila_dashboard(page, notebook_06, screens, tmp_
         bs.open_in_voila(page, server, names=("face",))
         check_weight_browsers(page, server, screens, sliders=(("face", "mouse click on the track"),))
     assert_stopped(server)
+
+
+# --- notebook 08: the own-face browser, with an upload -------------------------------------------
+
+CAPTION_08 = {"centre x": "centre x {},", "centre y": ", y {},", "size": "size {} px", "angle": "angle {:+d}°"}
+
+
+@pytest.fixture
+def notebook_08():
+    """Notebook 08 (the own-face browser)."""
+    yield from committed(bs.NOTEBOOK_08)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """The notebook's public-domain example photo copied under a new name, and a text file posing as a PNG."""
+    from pathlib import Path
+
+    from matplotlib.cbook import get_sample_data
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = folder / "grace_hopper_upload.jpg"
+    good.write_bytes(Path(get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes())
+    bad = folder / "not_a_photo.png"
+    bad.write_text("these are not the pixels you are looking for\n")
+    return good, bad
+
+
+def check_own_face_browser(page, server, screens, photos):
+    """Each slider moved (keyboard, then a click on its track), then a good and a bad upload."""
+    box = bs.weight_browser(page, "centre x")
+    box.scroll_into_view_if_needed()
+    box.screenshot(path=screens / f"{server.kind}_own_face_before.png")
+    for name in bs.SLIDERS_08:
+        slider = bs.own_face_slider(box, name)
+        for gesture in ("keyboard", "mouse click on the track"):
+            before, src = bs.slider_value(slider), bs.state(box)["src"]
+            if gesture == "keyboard":
+                slider.locator(".noUi-handle").focus()
+                page.keyboard.press("ArrowRight")
+            else:
+                track = slider.locator(".noUi-target").bounding_box()
+                page.mouse.click(track["x"] + 0.3 * track["width"], track["y"] + track["height"] / 2)
+            value = bs.slider_value(slider)
+            assert value != before, f"{gesture} did not move the {name} slider (still {value})"
+            try:
+                bs.wait_for_caption(box, CAPTION_08[name].format(value), src)
+            except Exception:
+                raise AssertionError(f"after {gesture} to {name} {value}, the caption says "
+                                     f"{bs.state(box)['caption']!r}") from None
+        print(f"{server.kind}: {name} slider moved to {value}")
+    good, bad = photos
+    src = bs.state(box)["src"]
+    bs.upload_file(box, good)
+    bs.wait_for_caption(box, f"your photo {good.name} (512 x 600 pixels after decoding): centre x 256, y 300", src)
+    assert bs.slider_value(bs.own_face_slider(box, "size")) == 256  # the crop reset for the new photo
+    box.screenshot(path=screens / f"{server.kind}_own_face_uploaded.png")
+    bs.upload_file(box, bad)
+    bs.wait_for_caption(box, f"{bad.name} was not read: this file is not a JPEG or PNG image")
+    caption = bs.state(box)["caption"]
+    assert f"Still showing your photo {good.name}." in caption and "Traceback" not in caption, caption
+    box.screenshot(path=screens / f"{server.kind}_own_face_refused.png")
+    print(f"{server.kind}: uploaded {good.name}, then {bad.name} (refused); screenshots: {screens}")
+
+
+def test_own_face_browser_crops_and_uploads_in_jupyterlab(page, notebook_08, screens, photos, tmp_path):
+    bs.copy_lessons(tmp_path / "served")
+    with bs.serve("lab", tmp_path / "served", notebook=notebook_08) as server, explained(page, server, screens):
+        bs.open_in_lab(page, server, names=("centre x",))
+        check_own_face_browser(page, server, screens, photos)
+    assert_stopped(server)
+
+
+def test_own_face_browser_crops_and_uploads_in_voila_dashboard(page, notebook_08, screens, photos, tmp_path):
+    bs.copy_lessons(tmp_path / "served")
+    with bs.serve("voila", tmp_path / "served", notebook=notebook_08) as server, explained(page, server, screens):
+        bs.open_in_voila(page, server, names=("centre x",))
+        check_own_face_browser(page, server, screens, photos)
+    assert_stopped(server)

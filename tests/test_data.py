@@ -1,6 +1,4 @@
-"""Data loading, validation, splitting and building data.zip from UTKFace: on tiny generated data."""
-import tarfile
-import zipfile
+"""Data loading, validation and splitting: on tiny generated data (building data.zip: test_build_data.py)."""
 
 import numpy as np
 import pytest
@@ -56,7 +54,7 @@ def test_missing_file_says_where_it_looked_and_how_to_get_one(tmp_path, monkeypa
         fh.load_data()
     msg = str(e.value)
     assert "nowhere.zip" in msg and "$FACEAGE_DATA" in msg and "does not exist" in msg
-    assert "build-data" in msg
+    assert "tools/build_data.py" in msg
     monkeypatch.delenv("FACEAGE_DATA")
     with pytest.raises(fh.DataError) as e:
         fh.load_data()
@@ -137,44 +135,37 @@ def test_train_val_split_is_seeded_disjoint_and_complete():
         fh.train_val_split(X, y, 1.5)
 
 
-def _fake_utkface_folder(folder):
-    """A few 200x200 JPEGs named like UTKFace's, with a duplicate of conflicting age and a bad name."""
-    from PIL import Image
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    ages = [3, 25, 41, 67, 90, 33]
-    for i, age in enumerate(ages):
-        img = Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8))
-        img.save(folder / f"{age}_{i % 2}_{i % 5}_2017011{i}.jpg.chip.jpg")
-    img.save(folder / "50_1_2_20170119.jpg.chip.jpg")        # same picture as age 33: conflicting, dropped
-    img.save(folder / "notanage_0_0_2017.jpg.chip.jpg")       # unparseable name: skipped
-    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(folder / "39_1_20170116174525125.jpg.chip.jpg")  # no race
-    return folder
+def test_train_val_split_refuses_a_fraction_that_leaves_a_side_empty():
+    X, y = np.arange(10.0)[:, None], np.arange(10.0)
+    for fraction, words in ((0.01, "0 validation"), (0.97, "0 training")):
+        with pytest.raises(fh.DataError, match=words):
+            fh.train_val_split(X, y, fraction)
 
 
-@pytest.mark.parametrize("as_archive", [False, True])
-def test_build_data_zip_from_a_utkface_folder_or_archive(tmp_path, as_archive, capsys):
-    source = _fake_utkface_folder(tmp_path / "UTKFace")
-    if as_archive:
-        archive = tmp_path / "UTKFace.tar.gz"
-        with tarfile.open(archive, "w:gz") as tf:
-            tf.add(source, arcname="UTKFace")
-        source = archive
-    out = fh.build_data_zip(source, tmp_path / "built" / "data.zip", test_fraction=0.25, seed=0)
-    assert "1 conflicting duplicates dropped" in capsys.readouterr().out
-    names = set(zipfile.ZipFile(out).namelist())
-    assert {"age_regression_Xtr.npy", "meta_te.csv", "README.txt"} <= names
-    data = fh.load_data(out)
-    assert len(data.ytr) + len(data.yte) == 6  # 5 distinct good images + the race-less one
-    assert sorted(np.concatenate([data.ytr, data.yte])) == [3, 25, 39, 41, 67, 90]
-    all_meta = {k: np.concatenate([data.meta_tr[k], data.meta_te[k]]) for k in ("age", "race", "source")}
-    assert all_meta["race"][list(all_meta["age"]).index(39)] == -1
-    np.testing.assert_array_equal(data.meta_tr["age"], data.ytr)
+def test_write_atomically_keeps_a_mode_sets_a_new_one_and_names_a_failed_write(tmp_path):
+    target = tmp_path / "data.zip"
+    fh._write_atomically(target, lambda f: f.write(b"one"), mode=0o600)
+    assert target.read_bytes() == b"one" and target.stat().st_mode & 0o777 == 0o600
+    target.chmod(0o640)
+    fh._write_atomically(target, lambda f: f.write(b"two"), mode=0o600)
+    assert target.read_bytes() == b"two" and target.stat().st_mode & 0o777 == 0o640  # kept
+
+    def full_disk(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as e:
+        fh._write_atomically(target, full_disk)
+    assert e.value.filename == str(target) and "as it was" in e.value.strerror
+    assert target.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["data.zip"]
 
 
-def test_build_data_zip_rejects_a_missing_or_empty_source(tmp_path):
-    with pytest.raises(fh.DataError, match="does not exist"):
-        fh.build_data_zip(tmp_path / "nope", tmp_path / "d.zip")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(fh.DataError, match="found 0 usable UTKFace images"):
-        fh.build_data_zip(tmp_path / "empty", tmp_path / "d.zip")
+def test_meta_csv_blank_lines_are_skipped_and_repeated_columns_refused(tmp_path):
+    X, y = fake_faces(3)
+    arrays = {"Xtr": X, "ytr": y, "Xte": X, "yte": y}
+    rows = "age,gender,race,source\n" + "".join(f"{a:.0f},0,1,x{i}.jpg\n\n" for i, a in enumerate(y))
+    data = fh.load_data(write_zip(tmp_path / "a.zip", arrays, {"meta_tr.csv": rows}))
+    assert list(data.meta_tr["source"]) == ["x0.jpg", "x1.jpg", "x2.jpg"]
+    repeated = "age,age,race,source\n" + "1,2,3,x\n" * 3
+    with pytest.raises(fh.DataError, match="4 columns .some repeated."):
+        fh.load_data(write_zip(tmp_path / "b.zip", arrays, {"meta_tr.csv": repeated}))

@@ -101,10 +101,51 @@ def test_command_line_without_data_explains_instead_of_a_traceback(tmp_path):
     assert run.stderr.startswith("error: No data.zip found") and "Traceback" not in run.stderr
 
 
-def test_command_line_build_data_and_help(tmp_path):
+def test_command_line_help_and_build_data_in_its_tool(tmp_path):
     help_text = run_cli("--help").stdout
     for option in ("--data", "--hidden", "--lr", "--lr-decay", "--batch-size", "--epochs", "--seed",
-                   "--val-fraction", "--dtype", "--out", "--no-mirror", "evaluate", "build-data"):
+                   "--val-fraction", "--dtype", "--out", "--no-mirror", "evaluate", "tools/build_data.py"):
         assert option in help_text
+    assert "{train,evaluate}" in help_text  # build-data is a teacher's tool now
     run = run_cli("build-data", str(tmp_path / "nothing"), "--out", str(tmp_path / "d.zip"))
-    assert run.returncode == 1 and "does not exist" in run.stderr
+    assert run.returncode == 2 and "python tools/build_data.py SOURCE --out data.zip" in run.stderr
+    tool = subprocess.run([sys.executable, str(ROOT / "tools" / "build_data.py"), "--help"], capture_output=True,
+                          text=True, timeout=60)
+    for option in ("SOURCE", "source", "--out", "--test-fraction", "--seed"):
+        assert option in tool.stdout or option in tool.stdout.upper()
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "build_data.py"), str(tmp_path / "nothing"),
+                          "--out", str(tmp_path / "d.zip")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "does not exist" in run.stderr and not (tmp_path / "d.zip").exists()
+
+
+def test_command_line_trains_with_the_notebooks_code_and_the_classroom_edition_says_how(tmp_path):
+    """--code notebooks trains with the #@save cells of the saved notebooks 02 and 03; the classroom module,
+    whose exercise functions have no bodies, says so in one line instead of a traceback."""
+    import nbformat
+
+    from fakes import tool
+    ms = tool("make_student")
+    data = make_fake_zip(tmp_path / "tiny.zip", n_train=80, n_test=20)
+    run = run_cli("--code", "notebooks", "--epochs", "1", "--hidden", "8", "--out", str(tmp_path / "a"),
+                  env_data=data, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert ("code: forward, mse_loss, backward and numerical_gradient from 02_backprop_and_gradient_checking.ipynb; "
+            "sgd_step and train_epoch from 03_training_with_sgd.ipynb") in run.stdout
+
+    edition = tmp_path / "classroom"
+    ms.make_student(ROOT / "notebooks", edition)
+    classroom = [sys.executable, str(edition / "faceage_helpers.py"), "--epochs", "1", "--hidden", "8", "--data",
+                 str(data)]
+    refused = subprocess.run([*classroom, "--out", str(tmp_path / "b")], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300, env=dict(os.environ, MPLBACKEND="Agg"))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: this is the classroom edition") and "--code notebooks" in refused.stderr
+    assert not (tmp_path / "b").exists()
+    for name in ("02_backprop_and_gradient_checking.ipynb", "03_training_with_sgd.ipynb"):  # a student who did 02, 03
+        filled = ms.filled_notebook(nbformat.read(edition / "notebooks" / name, as_version=4),
+                                    nbformat.read(ROOT / "notebooks" / name, as_version=4))
+        nbformat.write(filled, edition / "notebooks" / name)
+    mine = subprocess.run([*classroom, "--code", "notebooks", "--out", str(tmp_path / "c")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, MPLBACKEND="Agg"))
+    assert mine.returncode == 0, mine.stderr
+    assert (tmp_path / "c" / "model.npz").is_file() and "from 03_training_with_sgd.ipynb" in mine.stdout

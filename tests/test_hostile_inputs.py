@@ -6,7 +6,6 @@ eat memory or hang go to a subprocess with a 2 GB address-space limit and a time
 """
 import io
 import os
-import resource
 import signal
 import struct
 import subprocess
@@ -20,10 +19,19 @@ import numpy as np
 import pytest
 
 import faceage_helpers as fh
-from fakes import fake_faces, make_fake_zip, npy_bytes
+from fakes import (
+    ROOT,
+    assert_refused,
+    fake_faces,
+    fake_utkface_folder,
+    make_fake_zip,
+    npy_bytes,
+    refused,
+    run_limited,
+    tool,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-MEMORY_LIMIT = 2 * 2**30  # bytes of address space for a subprocess that reads hostile files
+bd = tool("build_data")
 
 
 @pytest.fixture(autouse=True)
@@ -41,27 +49,19 @@ def cli(capsys, *args):
     return code, out, err
 
 
-def _limit_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+def tool_cli(capsys, *args):
+    """tools/build_data.py's main(argv) in this process: (exit code, stdout, stderr)."""
+    try:
+        code = bd.main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def run_cli(*args, cwd, code=None, timeout=120, **popen):
-    """The command line (or `python -c code`) in a subprocess under the memory limit."""
-    env = {k: v for k, v in os.environ.items() if k != "FACEAGE_DATA"}
-    env.update(MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-c", code] if code else [sys.executable, str(ROOT / "faceage_helpers.py")]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout, preexec_fn=_limit_memory, **popen)
-
-
-def assert_refused(code, err, *names, fix):
-    """Non-zero exit, the tool's error line naming each of `names`, a fix, and no traceback."""
-    assert code not in (0, None), err
-    assert "Traceback" not in err and "MemoryError" not in err, err
-    assert "error:" in err, err
-    for name in names:
-        assert str(name) in err, (name, err)
-    assert any(word in err for word in fix), (fix, err)
+def run_cli(*args, cwd, code=None, timeout=120, tool=None):
+    """The command line (or `python -c code`, or a tool) in a subprocess under the memory limit."""
+    return run_limited(*args, cwd=cwd, code=code, tool=tool, timeout=timeout)
 
 
 def snapshot(folder):
@@ -127,39 +127,18 @@ def npy_header(shape, descr="|u1"):
 # 1. Options before the subcommand: honoured or refused, never ignored
 # ---------------------------------------------------------------------------------------------
 
-def _utkface_folder(folder, n=12, seed=0, size=40):
-    """n small JPEGs named like UTKFace's (age_gender_race_date.jpg.chip.jpg)."""
-    from PIL import Image
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        img = Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8))
-        img.save(folder / f"{10 + 3 * i}_{i % 2}_{i % 5}_2017011{i:04d}.jpg.chip.jpg")
-    return folder
+_utkface_folder = fake_utkface_folder
 
 
-def test_out_before_build_data_is_honoured_or_refused(tmp_path, capsys, monkeypatch):
-    source = _utkface_folder(tmp_path / "UTKFace")
+@pytest.mark.parametrize("args", [("build-data", "UTKFace", "--out", "d.zip"),
+                                  ("--seed", "5", "build-data", "UTKFace")])
+def test_build_data_on_the_module_points_to_the_tool(tmp_path, capsys, monkeypatch, args):
+    _utkface_folder(tmp_path / "UTKFace", n=4)
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(capsys, "--out", tmp_path / "mine.zip", "build-data", source)
-    assert not (tmp_path / "data.zip").exists(), "--out was ignored: ./data.zip was written"
-    if code == 0:
-        assert len(fh.load_data(tmp_path / "mine.zip").ytr) > 0
-    else:
-        assert_refused(code, err, "--out", fix=["after", "build-data"])
-
-
-def test_seed_before_build_data_is_honoured_or_refused(tmp_path, capsys):
-    source = _utkface_folder(tmp_path / "UTKFace")
-    code, out, err = cli(capsys, "--seed", 5, "build-data", source, "--out", tmp_path / "a.zip")
-    if code != 0:
-        assert_refused(code, err, "--seed", fix=["after", "build-data"])
-        return
-    assert cli(capsys, "build-data", source, "--out", tmp_path / "b.zip", "--seed", 5)[0] == 0
-    assert cli(capsys, "build-data", source, "--out", tmp_path / "c.zip", "--seed", 0)[0] == 0
-    a, b, c = (fh.load_data(tmp_path / f"{x}.zip").meta_te["source"] for x in "abc")
-    assert list(a) == list(b)  # --seed 5 before the subcommand is --seed 5 after it
-    assert list(a) != list(c)
+    before = snapshot(tmp_path)
+    code, out, err = cli(capsys, *args)
+    assert_refused(code, err, "tools/build_data.py", fix=["SOURCE --out"])
+    assert snapshot(tmp_path) == before
 
 
 def test_data_before_evaluate_is_honoured_or_refused(tmp_path, capsys, monkeypatch):
@@ -176,7 +155,7 @@ def test_data_before_evaluate_is_honoured_or_refused(tmp_path, capsys, monkeypat
 
 @pytest.mark.parametrize("args, option", [
     (("--hidden", 5, "evaluate"), "--hidden"),
-    (("--epochs", 3, "build-data", "UTKFace"), "--epochs"),
+    (("train", "--model", "m.npz"), "--model"),
     (("evaluate", "--lr", "0.1"), "--lr"),
 ])
 def test_an_option_the_command_does_not_use_is_refused(tmp_path, capsys, monkeypatch, args, option):
@@ -213,7 +192,7 @@ def test_interrupted_build_data_keeps_the_previous_zip(tmp_path, capsys, monkeyp
         return real_writestr(self, *args, **kwargs)
 
     monkeypatch.setattr(zipfile.ZipFile, "writestr", ctrl_c_midway)
-    code, _, err = cli(capsys, "build-data", source, "--out", out)
+    code, _, err = tool_cli(capsys, source, "--out", out)
     assert_refused(code, err, "interrupt", fix=["unchanged", "kept", "as it was", "nothing"])
     assert snapshot(tmp_path / "out") == before  # no half-written zip, no temporary file left over
 
@@ -375,7 +354,7 @@ def test_build_data_skips_fifos_devices_and_decompression_bombs(tmp_path):
     os.mkfifo(source / "20_0_0_fifo.jpg.chip.jpg")
     os.symlink("/dev/zero", source / "21_0_0_zero.jpg.chip.jpg")
     png_bomb(source / "22_0_0_bomb.jpg.chip.jpg")
-    run = run_cli("build-data", source, "--out", tmp_path / "d.zip", cwd=tmp_path, timeout=60)
+    run = run_cli(source, "--out", tmp_path / "d.zip", cwd=tmp_path, timeout=60, tool="build_data")
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     assert "skipped 3" in run.stdout, run.stdout
@@ -394,7 +373,7 @@ def test_build_data_skips_names_that_cannot_be_utkface_and_keeps_the_rest(tmp_pa
     face.rotate(100).save(os.path.join(os.fsencode(source), b"31_0_0_\xff\xfe.jpg"), format="JPEG")
     face.rotate(120).save(source / "25_\u00b2_0_x.jpg", format="JPEG")  # a superscript: gender unknown
     face.rotate(140).save(source / "26_1_2_a,b.jpg", format="JPEG")    # a comma: quoted in the CSV
-    run = run_cli("build-data", source, "--out", tmp_path / "d.zip", "--test-fraction", 0.3, cwd=tmp_path)
+    run = run_cli(source, "--out", tmp_path / "d.zip", "--test-fraction", 0.3, cwd=tmp_path, tool="build_data")
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     assert "skipped 7" in run.stdout, run.stdout
@@ -420,7 +399,7 @@ def test_corrupt_tar_gz_fails_clearly_and_keeps_the_previous_zip(tmp_path, capsy
     (tmp_path / "out").mkdir()
     out = make_fake_zip(tmp_path / "out" / "data.zip")
     before = snapshot(tmp_path / "out")
-    code, _, err = cli(capsys, "build-data", archive, "--out", out)
+    code, _, err = tool_cli(capsys, archive, "--out", out)
     assert_refused(code, err, "UTKFace.tar.gz", fix=["download", "again"])
     assert snapshot(tmp_path / "out") == before
 
@@ -431,7 +410,7 @@ def test_16_bit_png_and_float_tiff_become_real_faces(tmp_path):
     ramp = np.linspace(0, 1, 200)[None, :] * np.ones((200, 1))  # left dark, right bright: mean 0.5
     Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(source / "40_0_0_sixteen.jpg", format="PNG")
     Image.fromarray(ramp.T.astype(np.float32)).save(source / "41_0_0_float.jpg", format="TIFF")  # top dark
-    fh.build_data_zip(source, tmp_path / "d.zip", test_fraction=0.3)
+    bd.build_data_zip(source, tmp_path / "d.zip", test_fraction=0.3)
     data = fh.load_data(tmp_path / "d.zip")
     sources = _sources(data)
     for name, transpose in (("40_0_0_sixteen.jpg", False), ("41_0_0_float.jpg", True)):
@@ -445,10 +424,10 @@ def test_16_bit_png_and_float_tiff_become_real_faces(tmp_path):
 def test_build_data_checks_its_arguments_before_reading(tmp_path, capsys):
     source = _utkface_folder(tmp_path / "UTKFace", n=4)
     (tmp_path / "adir").mkdir()
-    code, _, err = cli(capsys, "build-data", source, "--out", tmp_path / "adir")
+    code, _, err = tool_cli(capsys, source, "--out", tmp_path / "adir")
     assert_refused(code, err, "--out", "adir", fix=[".zip", "file"])
     for bad in ("0", "1", "1.5", "nan"):
-        code, _, err = cli(capsys, "build-data", source, "--out", tmp_path / "d.zip", "--test-fraction", bad)
+        code, _, err = tool_cli(capsys, source, "--out", tmp_path / "d.zip", "--test-fraction", bad)
         assert_refused(code, err, "--test-fraction", fix=["between 0 and 1"])
     assert not (tmp_path / "d.zip").exists()
 
@@ -594,3 +573,247 @@ def test_make_lab_opens_the_repository_root_and_works_as_root():
         assert "--allow-root" in run.stdout and "root" in run.stdout.replace("--allow-root", "")
     else:
         assert "--allow-root" not in run.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 2 (issue 22): each class of failure, run as a command in a subprocess under the 2 GB limit;
+# refused() asserts the `error:` line, a non-zero exit, no traceback, and every earlier file unchanged
+# with nothing left behind (checksums of the whole folder); run_limited's timeout bounds the time.
+# ---------------------------------------------------------------------------------------------
+
+DATA_FIX = ["Fetch data.zip again", "rebuild"]
+N = 500  # faces in each split of these zips: the meta CSV's size bound (1 kB a row) then allows 0.5 MB
+
+
+def _raw(name, data, method):
+    return (name, data, method, zlib.crc32(data), len(data) + 1000, 0)
+
+
+def _meta(rows, header="age,gender,race,source"):
+    return stored("meta_tr.csv", (header + "\n" + "".join(rows)).encode())
+
+
+@pytest.mark.parametrize("member, words", [
+    (_raw("age_regression_Xtr.npy", b"\x00" * 64, 9), ["age_regression_Xtr.npy", "NotImplementedError"]),  # Deflate64
+    (_raw("age_regression_Xtr.npy", b"\x09\x04\x05\x00]\x00\x00\x80\x00" + bytes(range(256)) * 4, 14),
+     ["age_regression_Xtr.npy"]),  # a corrupt LZMA member
+    (stored("age_regression_Xtr.npy", npy_header((0, 10**30))), ["age_regression_Xtr.npy", "shape"]),
+    (_meta(["30,0,1,x.jpg\n"] * 3 + ["30,0,1,x.jpg,one,field,too,many\n"] * (N - 3)),
+     ["meta_tr.csv", "line 5", "fields"]),
+    (_meta(["30,0,1,x.jpg\n"] * (N + 1)), ["meta_tr.csv", f"line {N + 2}", f"one more than the {N} faces"]),
+    (_meta(["1\n"] * N, header="a," * 199_999 + "a"), ["meta_tr.csv", "200000 columns"]),
+    (stored("age_regression_Xte.npy", npy_bytes(np.zeros((0, 48, 48), np.uint8))), ["Xte.npy", "no faces"]),
+    (stored("age_regression_Xtr.npy", npy_bytes(np.zeros((0, 2304), np.uint8))), ["Xtr.npy", "no faces"]),
+    (stored("age_regression_Xte.npy", npy_header((fh.MAX_FACES, 48, 48)) + bytes(4096)), ["Xte.npy", "declares"]),
+], ids=["deflate64", "lzma", "shape overflow", "long rows", "extra row", "200k columns", "no test faces",
+        "no training faces", "too many faces in all"])
+def test_every_unreadable_data_zip_is_the_tools_own_error(tmp_path, member, words):
+    members = {m[0]: m for m in course_members(N)}
+    members[member[0]] = member
+    path = raw_zip(tmp_path / "d.zip", list(members.values()))
+    run = refused(tmp_path, "--data", path, "--epochs", 1, "--out", tmp_path / "o", names=["d.zip", *words],
+                  fix=DATA_FIX)
+    assert "epoch" not in run.stdout
+
+
+def test_float64_faces_load_in_memory_near_their_float32_size(tmp_path):
+    # 30,000 float64 faces (550 MB) inflate from 0.6 MB. Read whole, then converted, they needed 4-6 times
+    # their float32 size (5.7 GB at MAX_FACES); a chunk at a time, the float32 rows (280 MB) and one chunk.
+    # So the child gets 768 MB of address space (Python, NumPy and the module take about 150 MB).
+    n = 30_000
+    header = npy_header((n, 48, 48), "<f8")
+    size, crc, zeros = n * 2304 * 8, zlib.crc32(header), bytes(2**20)
+    for _ in range(size // 2**20):
+        crc = zlib.crc32(zeros, crc)
+    crc = zlib.crc32(bytes(size % 2**20), crc)
+    body = deflate_parts((header, 1), (zeros, size // 2**20), (bytes(size % 2**20), 1))
+    members = {m[0]: m for m in course_members(20)}
+    members.update({"age_regression_Xtr.npy": ("age_regression_Xtr.npy", body, 8, crc, len(header) + size, 0),
+                    "age_regression_ytr.npy": stored("age_regression_ytr.npy", npy_bytes(np.full(n, 30.0)))})
+    path = raw_zip(tmp_path / "d.zip", list(members.values()))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (768 * 2**20, 768 * 2**20)); "
+            "import faceage_helpers as fh; print(fh.load_data(sys.argv[1]).summary())")
+    run = run_limited(path, cwd=tmp_path, code=code, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert f"train: {n:6d} faces" in run.stdout and "float32" in run.stdout
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda a: {"settings": np.array("[" * 100_000 + "]" * 100_000)}, ["settings", "RecursionError"]),
+    (lambda a: {"settings": np.array("[1, 2]")}, ["settings", "list"]),
+    (lambda a: {"train_loss": np.array(3.0)}, ["train_loss", "one number per epoch"]),
+    (lambda a: {"val_rmse": np.array(["a", "b"])}, ["val_rmse", "one number per epoch"]),
+], ids=["nested JSON", "settings a list", "0-d history", "text history"])
+def test_a_model_file_that_cannot_be_read_is_named(trained, tmp_path, change, words):
+    with np.load(trained[0]) as f:
+        arrays = {k: f[k] for k in f.files}
+    path = _tampered(trained, tmp_path, **change(arrays))
+    run = refused(tmp_path, "evaluate", "--model", path, "--data", trained[1], names=["model.npz", *words],
+                  fix=["Train and save it again"])
+    assert "RMSE" not in run.stdout
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: {"x_std": np.full_like(a["x_std"], 1e-30)},  # positive, but no training run gives it
+    lambda a: {"y_std": np.array(1e200)},
+    lambda a: {"W1": np.full_like(a["W1"], 3e38), "W2": np.full_like(a["W2"], 3e38)},  # overflows to inf, then NaN
+], ids=["tiny x_std", "huge y_std", "overflowing weights"])
+def test_evaluate_refuses_a_model_whose_predictions_are_absurd(trained, tmp_path, change):
+    with np.load(trained[0]) as f:
+        arrays = {k: f[k] for k in f.files}
+    path = _tampered(trained, tmp_path, **change(arrays))
+    run = refused(tmp_path, "evaluate", "--model", path, "--data", trained[1], names=["model.npz", "predicts"],
+                  fix=["broken"])
+    assert "RMSE" not in run.stdout and "Warning" not in run.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--hidden", "10001"), ["--hidden", "10,000"]),
+    (("--hidden", "1000000"), ["--hidden", "10,000"]),
+    (("--val-fraction", "0.001"), ["--val-fraction", "0 validation faces"]),
+    (("--val-fraction", "0.999"), ["--val-fraction", "0 training"]),
+], ids=["hidden 10001", "hidden 1e6", "no validation faces", "no training faces"])
+def test_arguments_that_cannot_work_are_refused_before_training(tmp_path, args, words):
+    data = make_fake_zip(tmp_path / "d.zip", n_train=60, n_test=20)
+    run = refused(tmp_path, "--data", data, *args, "--epochs", 1, "--out", tmp_path / "o", names=words,
+                  fix=["expected", "choose"])
+    assert "epoch" not in run.stdout
+
+
+@pytest.mark.parametrize("case", ["weight_images a file", "model.npz a folder", "read-only place"])
+def test_an_unwritable_out_is_found_before_training(tmp_path, case):
+    data = make_fake_zip(tmp_path / "d.zip", n_train=60, n_test=20)
+    out = tmp_path / "o"
+    out.mkdir()
+    if case == "weight_images a file":
+        (out / "weight_images").write_text("my notes")
+        names = ["weight_images", "is a file"]
+    elif case == "model.npz a folder":
+        (out / "model.npz").mkdir()
+        names = ["model.npz", "is a folder"]
+    else:
+        out, names = "/sys/faceage-test", ["cannot write in /sys"]  # not writable, even by root
+    run = refused(tmp_path, "--data", data, "--epochs", 1, "--out", out, names=["--out", *names],
+                  fix=["choose another --out"])
+    assert "epoch" not in run.stdout
+
+
+@pytest.mark.parametrize("what, make, words", [
+    ("--data", lambda p: p.mkdir(), ["is a folder"]),
+    ("--data", os.mkfifo, ["is a FIFO"]),  # opening it to read would wait forever
+    ("--data", lambda p: p.symlink_to("/dev/zero"), ["is a device"]),
+    ("FACEAGE_DATA", lambda p: p.mkdir(), ["$FACEAGE_DATA", "is a folder"]),
+    ("--model", lambda p: p.mkdir(), ["No model file", "is a folder"]),
+], ids=["folder", "fifo", "device", "env folder", "model folder"])
+def test_a_path_that_is_not_a_file_is_called_what_it_is(tmp_path, what, make, words):
+    data = make_fake_zip(tmp_path / "d.zip", n_train=10, n_test=5)
+    odd = tmp_path / "odd.zip"
+    make(odd)
+    args = {"--data": ("--data", odd, "--out", tmp_path / "o"), "FACEAGE_DATA": ("--out", tmp_path / "o"),
+            "--model": ("evaluate", "--model", odd, "--data", data)}[what]
+    env = {"FACEAGE_DATA": str(odd)} if what == "FACEAGE_DATA" else {}
+    refused(tmp_path, *args, names=["odd.zip", *words], fix=["fix the path", "Train one first"], env=env, timeout=30)
+
+
+def test_non_utf8_paths_are_printed_safely(tmp_path):
+    data = make_fake_zip(tmp_path / os.fsdecode(b"d\xff.zip"), n_train=30, n_test=10)
+    out = tmp_path / os.fsdecode(b"out\xfe")
+    run = run_limited("--data", data, "--epochs", 1, "--hidden", 3, "--out", out, cwd=tmp_path, env={"LC_ALL": "C"})
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "wrote 3 weight images" in run.stdout and (out / "model.npz").is_file()
+    refused(tmp_path, "evaluate", "--model", out / "model.npz", "--data", tmp_path / os.fsdecode(b"gone\xff.zip"),
+            names=["gone", "does not exist"], fix=["fix the path"], env={"LC_ALL": "C"})
+
+
+# A training run whose save meets a full disk, a signal, or a Ctrl-C while the new set is moved in; the
+# event comes from inside (np.save's writer or os.replace patched), so it lands at the same place every run.
+SAVE_EVENT = """import errno, os, signal, sys
+import numpy as np
+import faceage_helpers as fh
+event, out = sys.argv[1], sys.argv[-1]
+real_write, real_replace = np.lib.format.write_array, os.replace
+def write_array(*args, **kwargs):
+    if event == "full disk":
+        raise OSError(errno.ENOSPC, "No space left on device")
+    os.kill(os.getpid(), getattr(signal, event))
+    return real_write(*args, **kwargs)
+def replace(src, dst, **kwargs):
+    moving_in = os.fspath(dst) == os.path.join(out, "model.npz") and "old" not in os.fspath(src)
+    if event == "Ctrl-C while moving in" and moving_in:
+        os.kill(os.getpid(), signal.SIGINT)  # the first file of the new set moves in: the rest must follow
+    return real_replace(src, dst, **kwargs)
+if event != "Ctrl-C while moving in":
+    np.lib.format.write_array = write_array
+os.replace = replace
+sys.exit(fh.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("event, words", [
+    ("full disk", ["model.npz", "the disk is full"]),
+    ("SIGTERM", ["interrupted (SIGTERM", "Nothing was written"]),
+    ("SIGHUP", ["interrupted (SIGHUP", "Nothing was written"]),
+])
+def test_a_failed_save_keeps_the_earlier_model_and_images_as_one_set(tmp_path, event, words):
+    data = make_fake_zip(tmp_path / "d.zip", n_train=60, n_test=20)
+    assert fh.main(["--data", str(data), "--epochs", "1", "--hidden", "6", "--out", str(tmp_path / "o")]) == 0
+    run = refused(tmp_path, event, "--data", data, "--epochs", 1, "--hidden", 4, "--out", tmp_path / "o",
+                  names=words, fix=["free some space", "as it was"], code=SAVE_EVENT, timeout=60)
+    assert run.returncode == (1 if event == "full disk" else 128 + getattr(signal, event))
+
+
+def test_ctrl_c_while_the_new_set_moves_in_finishes_the_set_and_says_so(tmp_path):
+    data = make_fake_zip(tmp_path / "d.zip", n_train=60, n_test=20)
+    out = tmp_path / "o"
+    assert fh.main(["--data", str(data), "--epochs", "1", "--hidden", "6", "--out", str(out)]) == 0
+    (out / "weight_images" / "notes.txt").write_text("mine")
+    run = run_limited("Ctrl-C while moving in", "--data", data, "--epochs", 1, "--hidden", 4, "--out", out,
+                      cwd=tmp_path, code=SAVE_EVENT, timeout=60)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert "interrupted (Ctrl-C)" in run.stderr and f"It finished writing {out / 'weight_images'}" in run.stderr
+    assert fh.load_model(out / "model.npz").params["W1"].shape == (4, 2304)  # the new model, with ...
+    assert sorted(p.name for p in (out / "weight_images").iterdir()) == sorted(
+        [f"weight_image_{j}.png" for j in range(4)] + ["weight_grid.png", "notes.txt"])  # ... its own images only
+    assert sorted(p.name for p in out.iterdir()) == ["model.npz", "weight_images"]  # no staging folder left
+
+
+def test_sigterm_during_training_says_so_and_keeps_the_files(tmp_path):
+    data = make_fake_zip(tmp_path / "d.zip", n_train=300, n_test=20)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "model.npz").write_bytes(b"an earlier model")
+    env = {k: v for k, v in os.environ.items() if k != "FACEAGE_DATA"}
+    env.update(MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "faceage_helpers.py"), "--data", str(data),
+                             "--epochs", "100000", "--hidden", "4", "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch"):  # training is under way
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert_refused(proc.returncode, err, "interrupted (SIGTERM", fix=["Nothing was written"])
+    assert snapshot(tmp_path / "o") == {Path("model.npz"): b"an earlier model"}
+
+
+@pytest.mark.parametrize("script", ["faceage_helpers.py", "tools/build_data.py"])
+def test_ctrl_c_while_numpy_loads_is_one_line(tmp_path, script):
+    fake = tmp_path / "slow" / "numpy"
+    fake.mkdir(parents=True)  # a numpy that is interrupted while it loads, as a Ctrl-C would
+    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
+    run = refused(tmp_path, str(ROOT / script), "--help", code="import runpy, sys; sys.argv = sys.argv[1:]; "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')", env={"PYTHONPATH": str(tmp_path / "slow")},
+                  names=["interrupted (Ctrl-C) while starting"], fix=["nothing written"], timeout=30)
+    assert run.stderr.count("\n") == 1
+
+
+def test_leftovers_of_an_interrupted_run_are_ignored_by_git():
+    leftovers = [".data.zip.k3j2_x.tmp", "runs/a/.model.npz.8fa_1.tmp", ".faceage-run.x8z1/model.npz",
+                 "runs/a/.faceage-run.x8z1/weight_images/weight_image_0.png", ".weight_images.q1w2/weight_grid.png",
+                 ".faceage-probe.abc.tmp"]
+    run = subprocess.run(["git", "check-ignore", "--no-index", *leftovers], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert sorted(run.stdout.split()) == sorted(leftovers), run.stdout

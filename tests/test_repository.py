@@ -1,4 +1,5 @@
-"""Repository hygiene: one environment for pip and conda, no face data committed, notebooks committed executed."""
+"""Repository-level facts: one environment for pip and conda, no face data committed, notebooks committed executed,
+the README lists the test files, every helper names the notebook section that uses it."""
 import json
 import re
 import subprocess
@@ -59,6 +60,15 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test$", ci, re.M)
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_the_readme_lists_every_test_file_and_only_those():
+    """The README's table of test files is how a newcomer finds the tests of a part of the module."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = {name for line in readme.splitlines() if line.startswith("| tests/")
+             for name in re.findall(r"tests/test_\w+\.py", line)}
+    files = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}
+    assert table == files, f"in the README only: {sorted(table - files)}; not in the README: {sorted(files - table)}"
 
 
 def public_helpers():
