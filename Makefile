@@ -63,7 +63,9 @@ student: setup
 reference: setup
 	$(PY) tools/make_student.py notebooks --reference build/reference/faceage_reference.py
 
-# Autograde the nbgrader course in a temporary folder: solutions must get every point, blank exercises none.
+# Autograde the nbgrader course in build/grading-check/, running TEACHING.md's grading commands as written:
+# solutions get every point, blank exercises none, mistakes and cheats lose only their own exercises' points,
+# a runaway cell is stopped, feedback shows no hidden test; ends with the seconds per submission (<= 60).
 # nbgrader is the teacher's tool: installed from requirements-teacher.txt into build/teacher-site, not .venv.
 TEACHER_SITE := $(CURDIR)/build/teacher-site
 TEACHER_STAMP := $(TEACHER_SITE)/.installed-$(shell cksum < requirements-teacher.txt | cut -d' ' -f1)

@@ -1,5 +1,5 @@
 """FaceAge helpers: estimate a person's age from a 48x48 grayscale face with a
-two-layer neural network written by hand in NumPy.
+neural network written by hand in NumPy.
 
 The network, in the notation used throughout the notebooks:
 
@@ -10,9 +10,12 @@ The network, in the notation used throughout the notebooks:
 
 Loss: mean squared error. Training: minibatch SGD with hand-written backprop.
 
-Sections, in the order the course meets them: data, model, gradient checking,
-training (the lesson loop, then train), evaluation, plots, weight browsers,
-exercise checks, command line. Run `python faceage_helpers.py --help`.
+The module reads top down, each part using only what stands above it: the network
+(init, forward, mse_loss, backward, sgd_step, the lesson's train_epoch, weight decay,
+momentum, gradient checking), then whose code trains (Lesson, lesson_functions), data,
+training (train, predict, model files), evaluation, plots, browsers, and last the
+classroom machinery (exercise checks) and the command line with its file safety: no
+need to read below the browsers to follow the course. Run `python faceage_helpers.py --help`.
 """
 
 from __future__ import annotations
@@ -58,370 +61,7 @@ HERE = Path(__file__).resolve().parent
 
 
 # =============================================================================
-# Data
-# =============================================================================
-
-class DataError(ValueError):
-    """Raised for a missing, corrupt or malformed data set, with a message that says how to fix it (notebook 01 §1)."""
-
-
-@dataclass
-class FaceData:
-    """The course data set: faces as float32 rows in [0, 1], ages in years, and optional metadata (notebook 01 §1)."""
-    Xtr: np.ndarray
-    ytr: np.ndarray
-    Xte: np.ndarray
-    yte: np.ndarray
-    meta_tr: dict | None = None
-    meta_te: dict | None = None
-    path: Path | None = None
-
-    def summary(self) -> str:
-        """A short, deterministic description for printing."""
-        return "\n".join([
-            f"data: {self.path.name if self.path else '(in memory)'}",
-            f"  train: {self.Xtr.shape[0]:6d} faces of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} pixels, "
-            f"ages {self.ytr.min():.0f}-{self.ytr.max():.0f} years (mean {self.ytr.mean():.1f})",
-            f"  test:  {self.Xte.shape[0]:6d} faces of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} pixels, "
-            f"ages {self.yte.min():.0f}-{self.yte.max():.0f} years (mean {self.yte.mean():.1f})",
-            f"  pixels: {self.Xtr.dtype}, range [{self.Xtr.min():.2f}, {self.Xtr.max():.2f}]",
-        ])
-
-
-def find_data(path=None) -> Path:
-    """Locate data.zip: the argument, then $FACEAGE_DATA, then data.zip beside this module (notebook 01 §1)."""
-    tried = []
-    candidates = []
-    if path is not None:
-        candidates.append(("the path you gave", Path(path)))
-    if os.environ.get("FACEAGE_DATA"):
-        candidates.append(("$FACEAGE_DATA", Path(os.environ["FACEAGE_DATA"])))
-    candidates.append(("beside faceage_helpers.py", HERE / "data.zip"))
-    for how, candidate in candidates:
-        candidate = candidate.expanduser()
-        if candidate.is_file():
-            return candidate
-        tried.append(f"  - {candidate} ({how})")
-        if how != "beside faceage_helpers.py":
-            # A path you named (argument or $FACEAGE_DATA) that is not a file is an error, not a hint
-            # to look elsewhere: a typo must not silently load some other data.zip.
-            tried[-1] += f": {_path_kind(candidate)}; fix the path" + (" or unset FACEAGE_DATA" * (how[0] == "$"))
-            break
-    raise DataError(
-        "No data.zip found. Looked in:\n" + "\n".join(tried) + "\n"
-        "Fix: put the course's data.zip at the repository root, or set FACEAGE_DATA=/path/to/data.zip, "
-        "or build one from the public UTKFace 'Aligned & Cropped' faces with\n"
-        "  python tools/build_data.py UTKFace.tar.gz --out data.zip")
-
-
-def as_face_rows(X, name="X") -> np.ndarray:
-    """Check faces and return them as float32 rows of 2304 pixels in [0, 1] (notebook 01 §1, inside fh.load_data).
-
-    Accepts uint8 (0-255) or float (0-1) pixels, shaped (N, 48, 48) or (N, 2304).
-    """
-    X = np.asarray(X)
-    if X.ndim == 3 and X.shape[1:] == IMAGE_SHAPE:
-        X = X.reshape(len(X), N_PIXELS)
-    if X.ndim != 2 or X.shape[1] != N_PIXELS:
-        raise DataError(f"{name} has shape {X.shape}; expected (N, 48, 48) or (N, 2304) faces "
-                        f"(48x48 grayscale). Resize the images to 48x48 first.")
-    if X.dtype == np.uint8:
-        X = X.astype(np.float32)
-        X /= 255  # in place: one float32 copy of the faces, not two
-        return X
-    if not np.issubdtype(X.dtype, np.floating) and not np.issubdtype(X.dtype, np.integer):
-        raise DataError(f"{name} has dtype {X.dtype}; expected uint8 (0-255) or float (0-1) pixels.")
-    X = X.astype(np.float32, copy=False)
-    if not np.isfinite(X).all():
-        raise DataError(f"{name} contains {np.size(X) - np.isfinite(X).sum()} non-finite values (NaN or inf).")
-    if X.size and (X.min() < 0 or X.max() > 1):
-        raise DataError(f"{name} has float pixels in [{X.min():.3g}, {X.max():.3g}]; "
-                        f"expected [0, 1]. Divide 0-255 images by 255.")
-    return X
-
-
-def as_ages(y, n, name="y") -> np.ndarray:
-    """Check a vector of n ages and return it as float64 (notebook 01 §1, inside fh.load_data)."""
-    y = np.asarray(y)
-    if y.ndim != 1:
-        y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
-    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.number)):
-        raise DataError(f"{name} has shape {y.shape} and dtype {y.dtype}; expected a 1-D vector of ages.")
-    if len(y) != n:
-        raise DataError(f"{name} holds {len(y)} ages but there are {n} faces; they must match one to one.")
-    y = y.astype(np.float64)
-    if not np.isfinite(y).all():
-        raise DataError(f"{name} contains {len(y) - np.isfinite(y).sum()} non-finite ages (NaN or inf).")
-    return y
-
-
-def age_band(ages) -> np.ndarray:
-    """Index into AGE_BAND_NAMES of each age (notebook 01 §4): 0 for 0-9 years, ..., 5 for 60+."""
-    return np.searchsorted(AGE_BANDS, np.asarray(ages), side="right") - 1
-
-
-# Bounds checked before anything is read: a small zip can declare gigabytes (UTKFace has 23,707 faces).
-MAX_FACES = 100_000  # train and test together; faces are read as float32 rows a chunk at a time (0.9 GB at most)
-MAX_META_ROW_BYTES = 1024  # a meta CSV row is about 50 bytes
-MAX_META_COLUMNS = 16  # a meta CSV has 4 (age, gender, race, source)
-_DATA_FIX = "Fetch data.zip again, or rebuild it with `python tools/build_data.py UTKFace.tar.gz --out data.zip`."
-# What reading a damaged or hostile file can raise (zipfile, zlib, lzma, Deflate64 members, NumPy's .npy
-# header parser, a shape too big for an integer): every reader turns these into a DataError naming the file.
-_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError,
-               OverflowError, RecursionError, SyntaxError)
-
-
-def _path_kind(path) -> str:
-    """What a path that is not a regular file is, for messages: "is a folder", "does not exist", ..."""
-    path = Path(path)
-    kinds = (("is_dir", "is a folder"), ("is_fifo", "is a FIFO (named pipe)"), ("is_char_device", "is a device"),
-             ("is_block_device", "is a device"), ("is_socket", "is a socket"))
-    try:
-        return next((text for test, text in kinds if getattr(path, test)()),
-                    "is a broken symbolic link" if path.is_symlink() else
-                    "is not a regular file" if path.exists() else "does not exist")
-    except OSError as e:  # e.g. a name too long, or a folder on the way that cannot be read
-        return f"cannot be examined ({e.strerror})"
-
-
-def _open_zip(path: Path, fix: str) -> zipfile.ZipFile:
-    """Open a zip, refusing what zipfile accepts but FaceAge never writes: duplicate member names
-    (which copy counts is then a matter of chance) and password-protected members."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty (0 bytes), e.g. left by an interrupted copy. {fix}")
-    try:
-        zf = zipfile.ZipFile(path)
-    except _UNREADABLE as e:
-        raise DataError(f"{path} is not a readable zip file ({e}). {fix}") from None
-    duplicates = [name for name, count in Counter(zf.namelist()).items() if count > 1]
-    encrypted = [info.filename for info in zf.infolist() if info.flag_bits & 0x1]
-    if duplicates or encrypted:
-        zf.close()
-        problem = (f"holds more than one member named {duplicates[0]}" if duplicates
-                   else f"{encrypted[0]} is password-protected (encrypted)")
-        raise DataError(f"{path}: {problem}. {fix}")
-    return zf
-
-
-def _read_npy(zf: zipfile.ZipFile, member: str, path: Path, max_items: int, fix: str, kinds="uif",
-              faces=False) -> np.ndarray:
-    """One .npy member of a zip, refused unless its header's dtype and shape are plausible and agree
-    with the member's size in the zip's directory, all before memory is allocated for it.
-
-    faces=True: float32 rows in [0, 1] (as_face_rows), converted a chunk of rows at a time, so that
-    memory peaks near the float32 result whatever dtype the file holds (float64: not twice, not 6x).
-    """
-    where = f"{path}: {member}"
-    info = zf.getinfo(member)
-    if info.file_size > 4096 + 8 * max_items:
-        raise DataError(f"{where} inflates to {info.file_size:,} bytes, far more than a FaceAge file holds. {fix}")
-    try:
-        with zf.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f".npy format version {version} is not supported")
-            shape, fortran_order, dtype = read_header(f)
-            if any(d > max_items for d in shape):  # e.g. (0, 10**30): no values, but no array can have it
-                raise DataError(f"{where} declares shape {shape}, more than the {max_items:,} values a FaceAge "
-                                f"file holds. {fix}")
-            count = int(np.prod(shape, dtype=object))
-            if dtype.kind not in kinds or dtype.hasobject or (dtype.kind != "U" and dtype.itemsize > 8):
-                raise DataError(f"{where} holds {dtype} values, which a FaceAge file never does. {fix}")
-            if count > max_items:
-                raise DataError(f"{where} declares shape {shape}, more than the {max_items:,} values a FaceAge "
-                                f"file holds. {fix}")
-            if f.tell() + count * dtype.itemsize != info.file_size:
-                raise DataError(f"{where} declares shape {shape} ({count * dtype.itemsize:,} bytes) but holds "
-                                f"{info.file_size - f.tell():,} bytes: it is damaged or not a FaceAge file. {fix}")
-            if not faces:
-                f.seek(0)
-                return np.lib.format.read_array(f, allow_pickle=False)
-            if len(shape) not in (2, 3) or shape[1:] not in ((N_PIXELS,), IMAGE_SHAPE) or fortran_order:
-                raise DataError(f"{where} holds an array of shape {shape}{' in Fortran order' * fortran_order}; "
-                                f"expected (N, 48, 48) or (N, 2304) faces (48x48 grayscale) in C order. {fix}")
-            X = np.empty((shape[0], N_PIXELS), dtype=np.float32)
-            for start in range(0, len(X), 4096):
-                rows = min(4096, len(X) - start)
-                chunk = np.frombuffer(f.read(rows * N_PIXELS * dtype.itemsize), dtype=dtype).reshape(rows, N_PIXELS)
-                X[start:start + rows] = as_face_rows(chunk, f"{path.name}:{member}")
-            f.read(1)  # to the member's end, where zipfile checks its CRC
-            return X
-    except DataError:
-        raise
-    except _UNREADABLE as e:
-        raise DataError(f"{where} is not a readable .npy array ({type(e).__name__}: {e}). {fix}") from None
-
-
-def _read_meta(zf: zipfile.ZipFile, member: str, n: int, path: Path) -> dict:
-    """Read a meta CSV (age, gender, race, source) into a dict of arrays, one row at a time: the header's
-    columns and each row's length are checked as they are read, so memory stays near the n rows it keeps."""
-    where = f"{path}: {member}"
-    size = zf.getinfo(member).file_size
-    if size > 4096 + MAX_META_ROW_BYTES * n:
-        raise DataError(f"{where} inflates to {size:,} bytes, far more than {n} rows of metadata need. {_DATA_FIX}")
-    try:
-        with zf.open(member) as f:
-            reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
-            header = next(reader, [])
-            if not 0 < len(header) <= MAX_META_COLUMNS or len(set(header)) < len(header):
-                repeated = " (some repeated)" * (len(set(header)) < len(header))
-                raise DataError(f"{where}: its header has {len(header)} columns{repeated}; a meta CSV has a few "
-                                f"distinct ones (age, gender, race, source). {_DATA_FIX}")
-            columns = [[] for _ in header]
-            for row in reader:
-                if not row:  # a blank line
-                    continue
-                if len(row) != len(header) or len(columns[0]) == n:
-                    problem = (f"has {len(row)} fields where the header has {len(header)}" if len(row) != len(header)
-                               else f"is one more than the {n} faces")
-                    raise DataError(f"{where}: line {reader.line_num} {problem}. {_DATA_FIX}")
-                for values, value in zip(columns, row):
-                    values.append(value)
-    except DataError:
-        raise
-    except (*_UNREADABLE, csv.Error) as e:
-        raise DataError(f"{where} is not a readable CSV file ({type(e).__name__}: {e}). {_DATA_FIX}") from None
-    if len(columns[0]) != n:
-        raise DataError(f"{where} has {len(columns[0])} rows but there are {n} faces.")
-    meta = {}
-    for column, values in zip(header, columns):
-        try:
-            meta[column] = np.array(values, dtype=np.int64)
-        except (ValueError, TypeError, OverflowError):  # text (file names), or numbers too big for int64
-            meta[column] = np.array(values)
-    return meta
-
-
-def load_data(path=None) -> FaceData:
-    """Load data.zip in the course layout (age_regression_{Xtr,ytr,Xte,yte}.npy, optional meta CSVs) (notebook 01 §1).
-
-    Faces come back as float32 rows of 2304 pixels in [0, 1]; ages as float64 years.
-    """
-    path = find_data(path)
-    with _open_zip(path, "The download may be incomplete: " + _DATA_FIX) as zf:
-        names = set(zf.namelist())
-        missing = [f"age_regression_{k}.npy" for k in ARRAY_NAMES if f"age_regression_{k}.npy" not in names]
-        if missing:
-            raise DataError(f"{path} has no {missing[0]}. A course data.zip holds "
-                            f"{', '.join(f'age_regression_{k}.npy' for k in ARRAY_NAMES)}; "
-                            f"this one holds: {', '.join(sorted(names)) or 'nothing'}.")
-        arrays, faces_left = {}, MAX_FACES  # the bound is on train and test together
-        for key in ARRAY_NAMES:
-            member, is_faces = f"age_regression_{key}.npy", key.startswith("X")
-            max_items = faces_left * N_PIXELS if is_faces else MAX_FACES
-            arrays[key] = _read_npy(zf, member, path, max_items, _DATA_FIX, faces=is_faces)
-            if is_faces:
-                if len(arrays[key]) == 0:
-                    raise DataError(f"{path}: {member} holds no faces: a {'test' if key == 'Xte' else 'training'} "
-                                    f"split needs some. {_DATA_FIX}")
-                faces_left -= len(arrays[key])
-        Xtr, Xte = arrays["Xtr"], arrays["Xte"]
-        ytr = as_ages(arrays["ytr"], len(Xtr), f"{path.name}:age_regression_ytr.npy")
-        yte = as_ages(arrays["yte"], len(Xte), f"{path.name}:age_regression_yte.npy")
-        meta_tr = _read_meta(zf, "meta_tr.csv", len(Xtr), path) if "meta_tr.csv" in names else None
-        meta_te = _read_meta(zf, "meta_te.csv", len(Xte), path) if "meta_te.csv" in names else None
-    return FaceData(Xtr, ytr, Xte, yte, meta_tr, meta_te, path)
-
-
-def train_val_split(X, y, val_fraction=DEFAULTS["val_fraction"], seed=DEFAULTS["seed"]):
-    """Split training data into (X_train, y_train, X_val, y_val) with a seeded shuffle (notebook 03 §1).
-
-    Choose settings on the validation part; keep the test split for the final report.
-    """
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    n = len(X)
-    n_val = int(round(n * val_fraction))
-    if not 0 < n_val < n:
-        raise DataError(f"val_fraction {val_fraction:g} leaves {n - n_val} training and {n_val} validation faces "
-                        f"of {n}: choose a fraction that leaves some of each.")
-    order = np.random.default_rng(seed).permutation(n)
-    val, tr = order[:n_val], order[n_val:]
-    return X[tr], y[tr], X[val], y[val]
-
-
-def _write_atomically(path: Path, write, mode=None):
-    """Call write(f) on a new temporary file beside path, then rename it over path (one step on every OS):
-    a Ctrl-C, a kill or a full disk leaves the previous file whole, never a half-written one (tools/build_data.py).
-
-    The temporary file has an unpredictable name and is created exclusively (O_EXCL: never through a
-    link someone put there). path keeps an earlier file's permissions; a new one gets mode (e.g. 0o600
-    for licensed data), by default what the umask allows. A failed write names path and says it is unchanged.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            mode = os.stat(path).st_mode & 0o7777
-        elif mode is None:
-            umask = os.umask(0o22)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OSError(e.errno, f"{e.strerror or e}; nothing was written", str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, f"{e.strerror or e}; it was not written and is as it was before", str(path)) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def centred_unit_rows(faces) -> np.ndarray:
-    """Each face as a float32 row centred on its own mean and scaled to length 1, so that the dot
-    product of two rows is their pixel correlation (notebook 01 §6). A constant image stays zero."""
-    X = np.array(faces, dtype=np.float32).reshape(len(faces), N_PIXELS)  # a copy, centred and scaled in place
-    X -= X.mean(axis=1, keepdims=True)
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]  # einsum: no temporary copy of X
-    X /= np.where(norms > 0, norms, 1)
-    return X
-
-
-def near_duplicate_pairs(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> np.ndarray:
-    """Pairs (i, j), i < j, of faces that show the same photograph (re-encoded, re-cropped or mirrored):
-    centred pixel correlation above threshold, as they are or one mirrored (notebook 01 §6).
-
-    One chunk of faces at a time against every later face, so memory stays near one float32 copy.
-    """
-    A = centred_unit_rows(faces)
-    pairs = [np.empty((0, 2), dtype=np.int64)]
-    for start in range(0, len(A), chunk):
-        rows, later = A[start:start + chunk], A[start:]
-        corr = np.maximum(rows @ later.T, mirror_faces(rows) @ later.T)  # as they are, or one mirrored
-        i, j = np.nonzero(corr > threshold)  # row i of the chunk, face j of `later`, both from start
-        once = i < j  # each face against itself out, each pair once
-        pairs.append(np.column_stack([start + i[once], start + j[once]]))
-    return np.concatenate(pairs)
-
-
-def near_duplicate_groups(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> list:
-    """Groups (lists of indices) of faces that are one photograph: near_duplicate_pairs joined through
-    shared members. tools/build_data.py, the teacher's command line, keeps each group within one split."""
-    parent = list(range(len(faces)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in near_duplicate_pairs(faces, threshold, chunk).tolist():
-        parent[root(i)] = root(j)
-    groups = {}
-    for i in range(len(faces)):
-        groups.setdefault(root(i), []).append(i)
-    return sorted(g for g in groups.values() if len(g) > 1)
-
-
-# =============================================================================
-# Model: z = W1 x + b1, h = relu(z), y^ = W2 h + b2, loss = mean squared error
+# The network: z = W1 x + b1, h = relu(z), y^ = W2 h + b2, loss = mean squared error
 # =============================================================================
 # Batch form: X is (N, 2304), one face per row, so Z = X W1^T + b1 is (N, hidden).
 
@@ -815,6 +455,369 @@ def lesson_functions(before, folder=None, verbose=True) -> Lesson:
     if verbose:
         print(f"Your code from the saved notebooks: {lesson.who}.")
     return lesson
+
+
+# =============================================================================
+# Data
+# =============================================================================
+
+class DataError(ValueError):
+    """Raised for a missing, corrupt or malformed data set, with a message that says how to fix it (notebook 01 §1)."""
+
+
+@dataclass
+class FaceData:
+    """The course data set: faces as float32 rows in [0, 1], ages in years, and optional metadata (notebook 01 §1)."""
+    Xtr: np.ndarray
+    ytr: np.ndarray
+    Xte: np.ndarray
+    yte: np.ndarray
+    meta_tr: dict | None = None
+    meta_te: dict | None = None
+    path: Path | None = None
+
+    def summary(self) -> str:
+        """A short, deterministic description for printing."""
+        return "\n".join([
+            f"data: {self.path.name if self.path else '(in memory)'}",
+            f"  train: {self.Xtr.shape[0]:6d} faces of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} pixels, "
+            f"ages {self.ytr.min():.0f}-{self.ytr.max():.0f} years (mean {self.ytr.mean():.1f})",
+            f"  test:  {self.Xte.shape[0]:6d} faces of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} pixels, "
+            f"ages {self.yte.min():.0f}-{self.yte.max():.0f} years (mean {self.yte.mean():.1f})",
+            f"  pixels: {self.Xtr.dtype}, range [{self.Xtr.min():.2f}, {self.Xtr.max():.2f}]",
+        ])
+
+
+def find_data(path=None) -> Path:
+    """Locate data.zip: the argument, then $FACEAGE_DATA, then data.zip beside this module (notebook 01 §1)."""
+    tried = []
+    candidates = []
+    if path is not None:
+        candidates.append(("the path you gave", Path(path)))
+    if os.environ.get("FACEAGE_DATA"):
+        candidates.append(("$FACEAGE_DATA", Path(os.environ["FACEAGE_DATA"])))
+    candidates.append(("beside faceage_helpers.py", HERE / "data.zip"))
+    for how, candidate in candidates:
+        candidate = candidate.expanduser()
+        if candidate.is_file():
+            return candidate
+        tried.append(f"  - {candidate} ({how})")
+        if how != "beside faceage_helpers.py":
+            # A path you named (argument or $FACEAGE_DATA) that is not a file is an error, not a hint
+            # to look elsewhere: a typo must not silently load some other data.zip.
+            tried[-1] += f": {_path_kind(candidate)}; fix the path" + (" or unset FACEAGE_DATA" * (how[0] == "$"))
+            break
+    raise DataError(
+        "No data.zip found. Looked in:\n" + "\n".join(tried) + "\n"
+        "Fix: put the course's data.zip at the repository root, or set FACEAGE_DATA=/path/to/data.zip, "
+        "or build one from the public UTKFace 'Aligned & Cropped' faces with\n"
+        "  python tools/build_data.py UTKFace.tar.gz --out data.zip")
+
+
+def as_face_rows(X, name="X") -> np.ndarray:
+    """Check faces and return them as float32 rows of 2304 pixels in [0, 1] (notebook 01 §1, inside fh.load_data).
+
+    Accepts uint8 (0-255) or float (0-1) pixels, shaped (N, 48, 48) or (N, 2304).
+    """
+    X = np.asarray(X)
+    if X.ndim == 3 and X.shape[1:] == IMAGE_SHAPE:
+        X = X.reshape(len(X), N_PIXELS)
+    if X.ndim != 2 or X.shape[1] != N_PIXELS:
+        raise DataError(f"{name} has shape {X.shape}; expected (N, 48, 48) or (N, 2304) faces "
+                        f"(48x48 grayscale). Resize the images to 48x48 first.")
+    if X.dtype == np.uint8:
+        X = X.astype(np.float32)
+        X /= 255  # in place: one float32 copy of the faces, not two
+        return X
+    if not np.issubdtype(X.dtype, np.floating) and not np.issubdtype(X.dtype, np.integer):
+        raise DataError(f"{name} has dtype {X.dtype}; expected uint8 (0-255) or float (0-1) pixels.")
+    X = X.astype(np.float32, copy=False)
+    if not np.isfinite(X).all():
+        raise DataError(f"{name} contains {np.size(X) - np.isfinite(X).sum()} non-finite values (NaN or inf).")
+    if X.size and (X.min() < 0 or X.max() > 1):
+        raise DataError(f"{name} has float pixels in [{X.min():.3g}, {X.max():.3g}]; "
+                        f"expected [0, 1]. Divide 0-255 images by 255.")
+    return X
+
+
+def as_ages(y, n, name="y") -> np.ndarray:
+    """Check a vector of n ages and return it as float64 (notebook 01 §1, inside fh.load_data)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.number)):
+        raise DataError(f"{name} has shape {y.shape} and dtype {y.dtype}; expected a 1-D vector of ages.")
+    if len(y) != n:
+        raise DataError(f"{name} holds {len(y)} ages but there are {n} faces; they must match one to one.")
+    y = y.astype(np.float64)
+    if not np.isfinite(y).all():
+        raise DataError(f"{name} contains {len(y) - np.isfinite(y).sum()} non-finite ages (NaN or inf).")
+    return y
+
+
+def age_band(ages) -> np.ndarray:
+    """Index into AGE_BAND_NAMES of each age (notebook 01 §4): 0 for 0-9 years, ..., 5 for 60+."""
+    return np.searchsorted(AGE_BANDS, np.asarray(ages), side="right") - 1
+
+
+# Bounds checked before anything is read: a small zip can declare gigabytes (UTKFace has 23,707 faces).
+MAX_FACES = 100_000  # train and test together; faces are read as float32 rows a chunk at a time (0.9 GB at most)
+MAX_META_ROW_BYTES = 1024  # a meta CSV row is about 50 bytes
+MAX_META_COLUMNS = 16  # a meta CSV has 4 (age, gender, race, source)
+_DATA_FIX = "Fetch data.zip again, or rebuild it with `python tools/build_data.py UTKFace.tar.gz --out data.zip`."
+# What reading a damaged or hostile file can raise (zipfile, zlib, lzma, Deflate64 members, NumPy's .npy
+# header parser, a shape too big for an integer): every reader turns these into a DataError naming the file.
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError,
+               OverflowError, RecursionError, SyntaxError)
+
+
+def _path_kind(path) -> str:
+    """What a path that is not a regular file is, for messages: "is a folder", "does not exist", ..."""
+    path = Path(path)
+    kinds = (("is_dir", "is a folder"), ("is_fifo", "is a FIFO (named pipe)"), ("is_char_device", "is a device"),
+             ("is_block_device", "is a device"), ("is_socket", "is a socket"))
+    try:
+        return next((text for test, text in kinds if getattr(path, test)()),
+                    "is a broken symbolic link" if path.is_symlink() else
+                    "is not a regular file" if path.exists() else "does not exist")
+    except OSError as e:  # e.g. a name too long, or a folder on the way that cannot be read
+        return f"cannot be examined ({e.strerror})"
+
+
+def _open_zip(path: Path, fix: str) -> zipfile.ZipFile:
+    """Open a zip, refusing what zipfile accepts but FaceAge never writes: duplicate member names
+    (which copy counts is then a matter of chance) and password-protected members."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes), e.g. left by an interrupted copy. {fix}")
+    try:
+        zf = zipfile.ZipFile(path)
+    except _UNREADABLE as e:
+        raise DataError(f"{path} is not a readable zip file ({e}). {fix}") from None
+    duplicates = [name for name, count in Counter(zf.namelist()).items() if count > 1]
+    encrypted = [info.filename for info in zf.infolist() if info.flag_bits & 0x1]
+    if duplicates or encrypted:
+        zf.close()
+        problem = (f"holds more than one member named {duplicates[0]}" if duplicates
+                   else f"{encrypted[0]} is password-protected (encrypted)")
+        raise DataError(f"{path}: {problem}. {fix}")
+    return zf
+
+
+def _read_npy(zf: zipfile.ZipFile, member: str, path: Path, max_items: int, fix: str, kinds="uif",
+              faces=False) -> np.ndarray:
+    """One .npy member of a zip, refused unless its header's dtype and shape are plausible and agree
+    with the member's size in the zip's directory, all before memory is allocated for it.
+
+    faces=True: float32 rows in [0, 1] (as_face_rows), converted a chunk of rows at a time, so that
+    memory peaks near the float32 result whatever dtype the file holds (float64: not twice, not 6x).
+    """
+    where = f"{path}: {member}"
+    info = zf.getinfo(member)
+    if info.file_size > 4096 + 8 * max_items:
+        raise DataError(f"{where} inflates to {info.file_size:,} bytes, far more than a FaceAge file holds. {fix}")
+    try:
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version} is not supported")
+            shape, fortran_order, dtype = read_header(f)
+            if any(d > max_items for d in shape):  # e.g. (0, 10**30): no values, but no array can have it
+                raise DataError(f"{where} declares shape {shape}, more than the {max_items:,} values a FaceAge "
+                                f"file holds. {fix}")
+            count = int(np.prod(shape, dtype=object))
+            if dtype.kind not in kinds or dtype.hasobject or (dtype.kind != "U" and dtype.itemsize > 8):
+                raise DataError(f"{where} holds {dtype} values, which a FaceAge file never does. {fix}")
+            if count > max_items:
+                raise DataError(f"{where} declares shape {shape}, more than the {max_items:,} values a FaceAge "
+                                f"file holds. {fix}")
+            if f.tell() + count * dtype.itemsize != info.file_size:
+                raise DataError(f"{where} declares shape {shape} ({count * dtype.itemsize:,} bytes) but holds "
+                                f"{info.file_size - f.tell():,} bytes: it is damaged or not a FaceAge file. {fix}")
+            if not faces:
+                f.seek(0)
+                return np.lib.format.read_array(f, allow_pickle=False)
+            if len(shape) not in (2, 3) or shape[1:] not in ((N_PIXELS,), IMAGE_SHAPE) or fortran_order:
+                raise DataError(f"{where} holds an array of shape {shape}{' in Fortran order' * fortran_order}; "
+                                f"expected (N, 48, 48) or (N, 2304) faces (48x48 grayscale) in C order. {fix}")
+            X = np.empty((shape[0], N_PIXELS), dtype=np.float32)
+            for start in range(0, len(X), 4096):
+                rows = min(4096, len(X) - start)
+                chunk = np.frombuffer(f.read(rows * N_PIXELS * dtype.itemsize), dtype=dtype).reshape(rows, N_PIXELS)
+                X[start:start + rows] = as_face_rows(chunk, f"{path.name}:{member}")
+            f.read(1)  # to the member's end, where zipfile checks its CRC
+            return X
+    except DataError:
+        raise
+    except _UNREADABLE as e:
+        raise DataError(f"{where} is not a readable .npy array ({type(e).__name__}: {e}). {fix}") from None
+
+
+def _read_meta(zf: zipfile.ZipFile, member: str, n: int, path: Path) -> dict:
+    """Read a meta CSV (age, gender, race, source) into a dict of arrays, one row at a time: the header's
+    columns and each row's length are checked as they are read, so memory stays near the n rows it keeps."""
+    where = f"{path}: {member}"
+    size = zf.getinfo(member).file_size
+    if size > 4096 + MAX_META_ROW_BYTES * n:
+        raise DataError(f"{where} inflates to {size:,} bytes, far more than {n} rows of metadata need. {_DATA_FIX}")
+    try:
+        with zf.open(member) as f:
+            reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+            header = next(reader, [])
+            if not 0 < len(header) <= MAX_META_COLUMNS or len(set(header)) < len(header):
+                repeated = " (some repeated)" * (len(set(header)) < len(header))
+                raise DataError(f"{where}: its header has {len(header)} columns{repeated}; a meta CSV has a few "
+                                f"distinct ones (age, gender, race, source). {_DATA_FIX}")
+            columns = [[] for _ in header]
+            for row in reader:
+                if not row:  # a blank line
+                    continue
+                if len(row) != len(header) or len(columns[0]) == n:
+                    problem = (f"has {len(row)} fields where the header has {len(header)}" if len(row) != len(header)
+                               else f"is one more than the {n} faces")
+                    raise DataError(f"{where}: line {reader.line_num} {problem}. {_DATA_FIX}")
+                for values, value in zip(columns, row):
+                    values.append(value)
+    except DataError:
+        raise
+    except (*_UNREADABLE, csv.Error) as e:
+        raise DataError(f"{where} is not a readable CSV file ({type(e).__name__}: {e}). {_DATA_FIX}") from None
+    if len(columns[0]) != n:
+        raise DataError(f"{where} has {len(columns[0])} rows but there are {n} faces.")
+    meta = {}
+    for column, values in zip(header, columns):
+        try:
+            meta[column] = np.array(values, dtype=np.int64)
+        except (ValueError, TypeError, OverflowError):  # text (file names), or numbers too big for int64
+            meta[column] = np.array(values)
+    return meta
+
+
+def load_data(path=None) -> FaceData:
+    """Load data.zip in the course layout (age_regression_{Xtr,ytr,Xte,yte}.npy, optional meta CSVs) (notebook 01 §1).
+
+    Faces come back as float32 rows of 2304 pixels in [0, 1]; ages as float64 years.
+    """
+    path = find_data(path)
+    with _open_zip(path, "The download may be incomplete: " + _DATA_FIX) as zf:
+        names = set(zf.namelist())
+        missing = [f"age_regression_{k}.npy" for k in ARRAY_NAMES if f"age_regression_{k}.npy" not in names]
+        if missing:
+            raise DataError(f"{path} has no {missing[0]}. A course data.zip holds "
+                            f"{', '.join(f'age_regression_{k}.npy' for k in ARRAY_NAMES)}; "
+                            f"this one holds: {', '.join(sorted(names)) or 'nothing'}.")
+        arrays, faces_left = {}, MAX_FACES  # the bound is on train and test together
+        for key in ARRAY_NAMES:
+            member, is_faces = f"age_regression_{key}.npy", key.startswith("X")
+            max_items = faces_left * N_PIXELS if is_faces else MAX_FACES
+            arrays[key] = _read_npy(zf, member, path, max_items, _DATA_FIX, faces=is_faces)
+            if is_faces:
+                if len(arrays[key]) == 0:
+                    raise DataError(f"{path}: {member} holds no faces: a {'test' if key == 'Xte' else 'training'} "
+                                    f"split needs some. {_DATA_FIX}")
+                faces_left -= len(arrays[key])
+        Xtr, Xte = arrays["Xtr"], arrays["Xte"]
+        ytr = as_ages(arrays["ytr"], len(Xtr), f"{path.name}:age_regression_ytr.npy")
+        yte = as_ages(arrays["yte"], len(Xte), f"{path.name}:age_regression_yte.npy")
+        meta_tr = _read_meta(zf, "meta_tr.csv", len(Xtr), path) if "meta_tr.csv" in names else None
+        meta_te = _read_meta(zf, "meta_te.csv", len(Xte), path) if "meta_te.csv" in names else None
+    return FaceData(Xtr, ytr, Xte, yte, meta_tr, meta_te, path)
+
+
+def train_val_split(X, y, val_fraction=DEFAULTS["val_fraction"], seed=DEFAULTS["seed"]):
+    """Split training data into (X_train, y_train, X_val, y_val) with a seeded shuffle (notebook 03 §1).
+
+    Choose settings on the validation part; keep the test split for the final report.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+    n = len(X)
+    n_val = int(round(n * val_fraction))
+    if not 0 < n_val < n:
+        raise DataError(f"val_fraction {val_fraction:g} leaves {n - n_val} training and {n_val} validation faces "
+                        f"of {n}: choose a fraction that leaves some of each.")
+    order = np.random.default_rng(seed).permutation(n)
+    val, tr = order[:n_val], order[n_val:]
+    return X[tr], y[tr], X[val], y[val]
+
+
+def _write_atomically(path: Path, write, mode=None):
+    """Call write(f) on a new temporary file beside path, then rename it over path (one step on every OS):
+    a Ctrl-C, a kill or a full disk leaves the previous file whole, never a half-written one (tools/build_data.py).
+
+    The temporary file has an unpredictable name and is created exclusively (O_EXCL: never through a
+    link someone put there). path keeps an earlier file's permissions; a new one gets mode (e.g. 0o600
+    for licensed data), by default what the umask allows. A failed write names path and says it is unchanged.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            mode = os.stat(path).st_mode & 0o7777
+        elif mode is None:
+            umask = os.umask(0o22)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror or e}; nothing was written", str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror or e}; it was not written and is as it was before", str(path)) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def centred_unit_rows(faces) -> np.ndarray:
+    """Each face as a float32 row centred on its own mean and scaled to length 1, so that the dot
+    product of two rows is their pixel correlation (notebook 01 §6). A constant image stays zero."""
+    X = np.array(faces, dtype=np.float32).reshape(len(faces), N_PIXELS)  # a copy, centred and scaled in place
+    X -= X.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]  # einsum: no temporary copy of X
+    X /= np.where(norms > 0, norms, 1)
+    return X
+
+
+def near_duplicate_pairs(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> np.ndarray:
+    """Pairs (i, j), i < j, of faces that show the same photograph (re-encoded, re-cropped or mirrored):
+    centred pixel correlation above threshold, as they are or one mirrored (notebook 01 §6).
+
+    One chunk of faces at a time against every later face, so memory stays near one float32 copy.
+    """
+    A = centred_unit_rows(faces)
+    pairs = [np.empty((0, 2), dtype=np.int64)]
+    for start in range(0, len(A), chunk):
+        rows, later = A[start:start + chunk], A[start:]
+        corr = np.maximum(rows @ later.T, mirror_faces(rows) @ later.T)  # as they are, or one mirrored
+        i, j = np.nonzero(corr > threshold)  # row i of the chunk, face j of `later`, both from start
+        once = i < j  # each face against itself out, each pair once
+        pairs.append(np.column_stack([start + i[once], start + j[once]]))
+    return np.concatenate(pairs)
+
+
+def near_duplicate_groups(faces, threshold=NEAR_DUPLICATE, chunk=1024) -> list:
+    """Groups (lists of indices) of faces that are one photograph: near_duplicate_pairs joined through
+    shared members. tools/build_data.py, the teacher's command line, keeps each group within one split."""
+    parent = list(range(len(faces)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in near_duplicate_pairs(faces, threshold, chunk).tolist():
+        parent[root(i)] = root(j)
+    groups = {}
+    for i in range(len(faces)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(g for g in groups.values() if len(g) > 1)
 
 
 # =============================================================================
@@ -1302,7 +1305,7 @@ def save_weight_images(W1, folder, n=30, scale=4):
 
 
 # =============================================================================
-# Weight browsers: the interactive widgets of notebooks 04 and 06
+# Browsers: the interactive widgets of notebooks 04, 06 and 08
 # =============================================================================
 # Each browser is a VBox(IntSlider, HTML caption, Output holding one PNG). Everything slow
 # (activations, gradients, rankings, colour limits, the figure itself) is done once when the browser is built;
@@ -1905,6 +1908,11 @@ def own_face_browser(model, lesson, image, mean_face, centre=None, size=None, an
 # --- end of notebook 08 ---
 
 
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Below: the classroom machinery and the command line. No need to read on to follow the course.
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+
+
 # =============================================================================
 # Exercise checks: run right after each exercise in the notebooks
 # =============================================================================
@@ -2447,7 +2455,8 @@ def check_forward(forward):
     _fail_if("forward", _mismatch("H", H, H_ref, "H is the ReLU of Z, entry by entry.",
                                   **_known("forward", "H", N=N, hidden=hidden)))
     _fail_if("forward", _mismatch("y_hat", y_hat, _answer("forward.y_hat"), "y_hat is one age per face, from H "
-                                  "through the output layer (W2 and b2).", **_known("forward", "y_hat", N=N, hidden=hidden)))
+                                  "through the output layer (W2 and b2).",
+                                  **_known("forward", "y_hat", N=N, hidden=hidden)))
     print("forward: all checks passed.")
 
 
@@ -2467,7 +2476,8 @@ def check_mse_loss(mse_loss):
             f"the loss (N = {n})", loss, _answer(f"mse_loss{n}.loss"), "the loss is one number, the mean of the "
             "squared errors.", **_known("mse_loss", "the loss (N = {n})", **sizes)),
             _mismatch(f"dy_hat (N = {n})", dy_hat, _answer(f"mse_loss{n}.dy_hat"), "dy_hat is dL/dy_hat, one entry "
-                      "per face: compare with item 1 of your derivation.", **_known("mse_loss", "dy_hat (N = {n})", **sizes)))
+                      "per face: compare with item 1 of your derivation.",
+                      **_known("mse_loss", "dy_hat (N = {n})", **sizes)))
     print("mse_loss: all checks passed.")
 
 
@@ -2544,7 +2554,8 @@ def check_sgd_step(sgd_step):
     if rebound:
         raise ExerciseCheckError(f"sgd_step: {_says('sgd_step', 'rebinds', names=', '.join(rebound))}")
     if len(unchanged) == len(arrays):
-        raise ExerciseCheckError(f"sgd_step: {_says('sgd_step', 'returns_copies' if isinstance(result, dict) else 'unchanged')}")
+        which = "returns_copies" if isinstance(result, dict) else "unchanged"
+        raise ExerciseCheckError(f"sgd_step: {_says('sgd_step', which)}")
     if unchanged:
         raise ExerciseCheckError(f"sgd_step: {_says('sgd_step', 'some_unchanged', names=_join(unchanged))}")
     _fail_if("sgd_step", *_grouped({k: _mismatch(
@@ -2622,8 +2633,8 @@ def _epoch_problems(train_epoch, n, batch_size, seed):
             return ("lesson.backward did not get the cache that this batch's forward returned and the gradient "
                     "that this batch's mse_loss returned.")
         if name == "sgd_step" and (got[0] != ("grads", k) or got[1] != SPY_LR):
-            return ("lesson.sgd_step did not get this batch's gradients from lesson.backward"
-                    if got[0] != ("grads", k) else f"lesson.sgd_step got the learning rate {got[1]!r}, not lr ({SPY_LR}).")
+            return ("lesson.sgd_step did not get this batch's gradients from lesson.backward" if got[0] != ("grads", k)
+                    else f"lesson.sgd_step got the learning rate {got[1]!r}, not lr ({SPY_LR}).")
     seen = np.concatenate(batches)
     missed = sorted(set(range(n)) - set(seen.tolist()))
     if missed or len(seen) != n:
@@ -2780,7 +2791,7 @@ def check_backward_to_input(backward_to_input):
 
 VETTED = ("forward", "mse_loss", "backward", "sgd_step", "train_epoch")  # the functions fh.train runs
 GRADING_ENV = "FACEAGE_GRADING"  # set to 1 by the course's nbgrader_config.py: autograding trains a tiny budget
-GRADING_BUDGET = dict(epochs=1, faces=2000, data_train=3000, data_test=1000)  # what a graded notebook trains on
+GRADING_BUDGET = dict(epochs=1, faces=1000, data_train=2000, data_test=500)  # what a graded notebook trains on
 
 
 def _failed_checks(lesson, verbose=True) -> dict:
@@ -2811,15 +2822,16 @@ def _divergence_cause(failed) -> str | None:
     """What to blame when training diverges with a lesson whose loss or backward failed its check, else None."""
     guilty = [name for name in ("mse_loss", "backward", "forward") if name in (failed or {})]
     if guilty:
-        return (f"Your {_join(guilty)} failed {'its check' if len(guilty) == 1 else 'their checks'} (see the line "
-                f"before training): fix {'it' if len(guilty) == 1 else 'them'} first; the learning rate is not the cause.")
+        one = len(guilty) == 1
+        return (f"Your {_join(guilty)} failed {'its check' if one else 'their checks'} (see the line before "
+                f"training): fix {'it' if one else 'them'} first; the learning rate is not the cause.")
     return None
 
 
 def grading_faces(data):
     """data as loaded, or, when FACEAGE_GRADING=1 (autograding), every k-th face of it: GRADING_BUDGET's
     data_train training and data_test test faces (ridge fits, predictions and plots then take a second, not
-    a minute); says so in the cell's output (fh.load_data, every notebook's first data cell).
+    a minute); says so in the cell's output (works inside fh.load_data, notebook 01 §1).
     """
     if os.environ.get(GRADING_ENV) != "1":
         return data
@@ -2839,7 +2851,7 @@ def grading_faces(data):
 def grading_budget(epochs, X_train, y_train):
     """(epochs, X_train, y_train) as given, or, when FACEAGE_GRADING=1 (autograding), the tiny budget of
     GRADING_BUDGET: no points depend on training results, and a class must be graded in minutes. Says so
-    in the cell's output (fh.train, every training cell).
+    in the cell's output (works inside fh.train, notebook 03 §6).
     """
     if os.environ.get(GRADING_ENV) != "1":
         return epochs, X_train, y_train

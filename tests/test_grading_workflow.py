@@ -12,18 +12,19 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from test_check_messages import RIGHT, WRONG, mine
 
 import faceage_helpers as fh
-from test_check_messages import RIGHT, WRONG, mine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import make_student as ms  # noqa: E402
 
 
-def graded(name, fn, **names):
+def graded(name, fn, namespace=None, **names):
     """Run the hidden test of fh.check_<name>(<name>) on fn, in a notebook's namespace; True when it passes."""
-    namespace = {"__name__": "__main__", "np": np, "fh": fh, name: fn, **names}
+    namespace = namespace if namespace is not None else {"__name__": "__main__", "np": np, "fh": fh}
+    namespace.update({name: fn, **names})
     try:
         exec(compile(ms.hidden_test(name, name), "hidden", "exec"), namespace)
     except Exception:
@@ -56,8 +57,10 @@ def test_every_known_mistake_earns_nothing(exercise, mistake):
 def stored(name):
     """A function that returns what the visible check compares with, computed nowhere."""
     return mine({
-        "forward": lambda params, X: (fh._answer("forward.y_hat"), (X, fh._answer("forward.Z"), fh._answer("forward.H"))),
-        "mse_loss": lambda y_hat, y: (float(fh._answer(f"mse_loss{len(y)}.loss")), fh._answer(f"mse_loss{len(y)}.dy_hat")),
+        "forward": lambda params, X: (fh._answer("forward.y_hat"),
+                                      (X, fh._answer("forward.Z"), fh._answer("forward.H"))),
+        "mse_loss": lambda y_hat, y: (float(fh._answer(f"mse_loss{len(y)}.loss")),
+                                      fh._answer(f"mse_loss{len(y)}.dy_hat")),
         "backward": lambda params, cache, dy: {k: fh._answer(f"backward.d{k}") for k in ("W1", "b1", "W2", "b2")},
         "numerical_gradient": lambda f, x, indices, h=1e-5: fh._answer("numerical_gradient"),
         "backward_to_input": lambda params, cache, dy: fh._answer("backward_to_input.dX"),
@@ -82,8 +85,15 @@ def test_the_modules_own_the_reference_and_a_wrapper_around_it_earn_nothing(monk
     reference = types.FunctionType(fh.backward.__code__, fh.backward.__globals__, "backward")
     reference.__module__ = fh.REFERENCE_MODULE
     assert not graded("backward", reference)
-    monkeypatch.setitem(sys.modules, fh.REFERENCE_MODULE, types.ModuleType(fh.REFERENCE_MODULE))
+    released = types.ModuleType(fh.REFERENCE_MODULE)
+    released.backward = reference
+    monkeypatch.setitem(sys.modules, fh.REFERENCE_MODULE, released)
     assert not graded("backward", mine(lambda params, cache, dy: reference(params, cache, dy)))
+    namespace = {"__name__": "__main__"}
+    exec("import faceage_reference\n\ndef backward(params, cache, dy_hat):\n"
+         "    return faceage_reference.backward(params, cache, dy_hat)\n", namespace)
+    assert not graded("backward", namespace["backward"])
+    assert graded("backward", RIGHT["backward"])  # the reference beside it costs an own function nothing
 
 
 def test_each_exercise_is_graded_alone():
@@ -92,9 +102,10 @@ def test_each_exercise_is_graded_alone():
     wrong = {"mse_loss": WRONG["mse_loss", "summed"], "backward": WRONG["backward", "no_mask"],
              "sgd_step": WRONG["sgd_step", "uphill"]}
     assert graded("train_epoch", RIGHT["train_epoch"], **wrong)
-    solutions = notebook_namespace("07_any_depth.ipynb")
+    notebook = notebook_namespace("07_any_depth.ipynb")  # deep_backward looks its layers up here, as in a kernel
     broken = {"affine_backward": mine(lambda dY, cache: (0 * dY, 0, 0)), "relu_backward": mine(lambda dH, Z: dH)}
-    assert graded("deep_backward", solutions["deep_backward"], **broken)
+    assert graded("deep_backward", notebook["deep_backward"], notebook, **broken)
+    assert notebook["affine_backward"] is broken["affine_backward"]  # the notebook's own layers are back
 
 
 def notebook_namespace(name):
@@ -112,8 +123,8 @@ def notebook_namespace(name):
 @pytest.mark.parametrize("name", ["affine_backward", "relu_backward", "deep_backward", "matmul", "add"])
 def test_notebook_07s_solutions_earn_the_points_and_a_stub_does_not(name):
     namespace = notebook_namespace("07_any_depth.ipynb")
-    assert graded(name, namespace[name], Value=namespace["Value"])
-    assert not graded(name, mine(lambda *args: None), Value=namespace["Value"])
+    assert graded(name, namespace[name], namespace)
+    assert not graded(name, mine(lambda *args: None), namespace)
 
 
 def test_a_check_without_a_hidden_test_stops_the_course_build():
@@ -129,9 +140,21 @@ def test_grading_mode_trains_a_tiny_budget_and_says_so(monkeypatch, capsys):
     assert capsys.readouterr().out == ""
     monkeypatch.setenv(fh.GRADING_ENV, "1")
     epochs, X_small, y_small = fh.grading_budget(30, X, y)
-    assert (epochs, len(X_small), len(y_small)) == (1, 2000, 2000)
-    assert capsys.readouterr().out.startswith("grading mode (FACEAGE_GRADING=1): training 1 epoch on 2,000 of the "
+    assert (epochs, len(X_small), len(y_small)) == (1, 1000, 1000)
+    assert capsys.readouterr().out.startswith("grading mode (FACEAGE_GRADING=1): training 1 epoch on 1,000 of the "
                                               "5,000 faces")
+
+
+def test_grading_mode_loads_every_kth_face_and_says_so(monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    data = fh.FaceData(rng.random((9000, 4)), rng.uniform(1, 90, 9000), rng.random((1200, 4)), rng.uniform(1, 90, 1200),
+                       {"age": np.arange(9000)}, None)
+    assert fh.grading_faces(data) is data
+    monkeypatch.setenv(fh.GRADING_ENV, "1")
+    small = fh.grading_faces(data)
+    assert (len(small.Xtr), len(small.ytr), len(small.Xte), len(small.meta_tr["age"])) == (2000, 2000, 500, 2000)
+    assert np.array_equal(small.Xtr[1], data.Xtr[4]) and np.array_equal(small.meta_tr["age"][:3], [0, 4, 8])
+    assert capsys.readouterr().out.startswith("grading mode (FACEAGE_GRADING=1): 2,000 of the 9,000 training faces")
 
 
 def test_the_course_config_sets_grading_mode_and_a_timeout_for_the_slowest_cell():
@@ -178,7 +201,8 @@ BASE = "/srv/t_a/course_2026_x/downloaded/faceage/extracted/"
 
 
 @pytest.mark.parametrize("lms, name, student, notebook", [
-    ("canvas", "doejane_12345_67890_02_backprop_and_gradient_checking.ipynb", "12345", "02_backprop_and_gradient_checking"),
+    ("canvas", "doejane_12345_67890_02_backprop_and_gradient_checking.ipynb", "12345",
+     "02_backprop_and_gradient_checking"),
     ("canvas", "doejane_late_12345_67891_03_training_with_sgd.ipynb", "12345", "03_training_with_sgd"),
     ("canvas", "doejane_12345_67890_05_make_it_better-1.ipynb", "12345", "05_make_it_better"),
     ("moodle", "Jane Doe_1234567_assignsubmission_file_02_backprop_and_gradient_checking.ipynb", "1234567",

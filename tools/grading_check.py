@@ -226,7 +226,8 @@ def submissions(graded: list, reference: Path) -> dict:
     np.savez(buffer, nothing=np.zeros(1))
     cheat_files = [(ms.MODULE, module.encode()), (ms.ANSWERS_FILE, buffer.getvalue()),
                    ("faceage_reference.py", reference.read_bytes())]
-    looping = changed([(nb03, lambda nb: insert_before_check(nb, "sgd_step", "while True:  # a runaway loop\n    pass"))])
+    runaway = "while True:  # a runaway loop\n    pass"
+    looping = changed([(nb03, lambda nb: insert_before_check(nb, "sgd_step", runaway))])
     return {"solutions": (solved, ()), "blank": (blank, ()), "mistakes": (mistakes, ()),
             "cheats": (cheats, cheat_files), "loops": (looping, ())}
 

@@ -17,10 +17,10 @@ indented like the code they belong to; the line right after BEGIN is a one-line 
 
 A cell may hold several blocks (one per step of a longer function); blocks do not nest. The next
 code cell is the exercise's check, one call `fh.check_<name>(<function>)`, worth the points that the
-module's table fh.EXERCISES gives it in nbgrader (1 for a name not listed). Markdown never spells a
-marker out (nbgrader would read it as a solution region); malformed markers (BEGIN without END, END
-without BEGIN, a nested BEGIN, a missing or empty HINT, END indented differently, a misspelt marker)
-stop the script with the notebook, cell and line, and nothing is written.
+module's table fh.EXERCISES gives it in nbgrader; HIDDEN_TESTS below must hold its hidden test (the grade).
+Markdown never spells a marker out (nbgrader would read it as a solution region); malformed markers (BEGIN
+without END, END without BEGIN, a nested BEGIN, a missing or empty HINT, END indented differently, a misspelt
+marker) stop the script with the notebook, cell and line, and nothing is written.
 
 **Written answers.** A Markdown cell tagged `written-answer` (cell metadata "tags") holds a model
 answer; its first bold words (e.g. `**My derivation.**`) stay as the label of the student's cell.
@@ -41,8 +41,9 @@ Outputs (generated, never committed):
     OUT/requirements.txt, environment.yml
 (the notebooks import the module from "..", so it sits one level above them, as in the repository).
 With --nbgrader DIR, also an nbgrader course: DIR/source/faceage/ holds the solution notebooks with
-nbgrader cell metadata (solution cells, locked check cells with points and a hidden test that the
-function is the student's own, hints moved above the solution regions), the module and the answers;
+nbgrader cell metadata (solution cells; locked check cells with points, each ending in a hidden test that
+grades the student's own function on fresh random problems against reference code of its own; hints moved
+above the solution regions), the module and the answers;
 DIR/nbgrader_config.py is tools/nbgrader_config.py. With --reference FILE, the teacher's reference
 solutions as one module (faceage_reference.py) and the worked answers (reference_answers.md), to
 release after the deadline.
@@ -297,8 +298,14 @@ HIDDEN_HEAD = '''### BEGIN HIDDEN TESTS
 def _hidden_test(fn):  # the graded test: fresh random problems, reference code of its own
     import sys
     import numpy as np
-    assert "faceage_reference" not in sys.modules, "{name}: the teacher's reference is imported here: not your code"
     assert getattr(fn, "__module__", None) == "__main__", "{name}: {function} is not defined in this notebook"
+    reference = sys.modules.get("faceage_reference")
+    if reference is not None:  # a wrapper around the teacher's released reference is not your code
+        import inspect
+        seen = inspect.getclosurevars(fn)
+        used = [*seen.globals.values(), *seen.nonlocals.values()]
+        assert not any(u is reference or getattr(u, "__module__", None) == "faceage_reference" for u in used), \
+            "{name}: it calls the teacher's reference: not your code"
     rng = np.random.default_rng()  # a new seed every run: stored answers cannot pass
 
     def close(a, b):
@@ -465,7 +472,7 @@ HIDDEN_TESTS = {
         dH, right[f"W{l}"], right[f"b{l}"] = affine(dZ, cache[l - 1][0])
         if l > 1:
             dZ = relu(dH, cache[l - 2][1])
-    names = fn.__globals__
+    names = globals()  # the notebook's: where deep_backward looks its layers up
     kept = {name: names.get(name) for name in ("affine_backward", "relu_backward")}
     names.update(affine_backward=affine, relu_backward=relu)  # known-good layers: only the recursion is graded
     try:
@@ -476,7 +483,7 @@ HIDDEN_TESTS = {
     "matmul": '''
     m, k, n = (int(v) for v in rng.integers(2, 6, size=3))
     A, B, G = rng.standard_normal((m, k)), rng.standard_normal((k, n)), rng.standard_normal((m, n))
-    Value = fn.__globals__["Value"]
+    Value = globals()["Value"]  # the notebook's
     a, b = Value(A.copy()), Value(B.copy())
     out = fn(a, b)
     out.grad = G.copy()
@@ -491,7 +498,7 @@ HIDDEN_TESTS = {
     def unbroadcast(g, shape):
         g = g.sum(axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
         return g.sum(axis=tuple(i for i, s in enumerate(shape) if s == 1), keepdims=True)
-    Value = fn.__globals__["Value"]
+    Value = globals()["Value"]  # the notebook's
     a, b = Value(A.copy()), Value(B.copy())
     out = fn(a, b)
     out.grad = G.copy()

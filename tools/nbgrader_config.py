@@ -8,6 +8,7 @@ import re
 
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+from traitlets import Bool
 
 c = get_config()  # noqa: F821 (nbgrader provides get_config when it reads this file)
 
@@ -28,12 +29,13 @@ c.Autograde.exclude_overwriting = {}
 c.Exchange.root = os.environ.get("FACEAGE_EXCHANGE", "/srv/nbgrader/exchange")
 
 # --- fast, bounded grading -------------------------------------------------------------------------
-# Every kernel nbgrader starts inherits this: fh.train trains 1 epoch on 2,000 faces and says so in the
-# cell's output ("grading mode: ..."). No points depend on training results; the hidden tests grade.
+# Every kernel nbgrader starts inherits this: fh.load_data keeps 2,000 training and 500 test faces, fh.train
+# trains 1 epoch on 1,000 of them, and both say so in the cell's output ("grading mode ..."). No points depend
+# on training results; the hidden tests grade.
 os.environ["FACEAGE_GRADING"] = "1"
-# The slowest honest cell takes about 10 s in grading mode on a busy 2-core machine; a cell that runs
-# longer than this is stopped (a `while True` costs 2 minutes, not hours) and the notebook goes on.
-c.Execute.timeout = 120
+# The slowest honest cell takes about 4 s in grading mode on a busy 2-core machine; a cell that runs
+# longer than this is stopped (a `while True` costs a minute, not hours) and the notebook goes on.
+c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
 
 # --- collecting an LMS download: `nbgrader zip_collect faceage` -----------------------------------
@@ -59,6 +61,8 @@ c.FileNameCollectorPlugin.named_regexp = LMS_PATTERNS[os.environ.get("FACEAGE_LM
 # --- feedback: no hidden test, no path of the grading machine ------------------------------------
 class SanitizeFeedback(Preprocessor):
     """Every output of the feedback: tracebacks cut to their last line, folders cut from absolute paths."""
+
+    enabled = Bool(True)  # nbconvert's own preprocessors start disabled
 
     PATH = re.compile(r"(?:/[^\s/'\"<>():]+)+/(?=[^\s/'\"<>():]+)")
 
