@@ -722,7 +722,7 @@ def load_data(path=None) -> FaceData:
         yte = as_ages(arrays["yte"], len(Xte), f"{path.name}:age_regression_yte.npy")
         meta_tr = _read_meta(zf, "meta_tr.csv", len(Xtr), path) if "meta_tr.csv" in names else None
         meta_te = _read_meta(zf, "meta_te.csv", len(Xte), path) if "meta_te.csv" in names else None
-    return FaceData(Xtr, ytr, Xte, yte, meta_tr, meta_te, path)
+    return grading_faces(FaceData(Xtr, ytr, Xte, yte, meta_tr, meta_te, path))  # FACEAGE_GRADING=1: a few faces
 
 
 def train_val_split(X, y, val_fraction=DEFAULTS["val_fraction"], seed=DEFAULTS["seed"]):
@@ -841,12 +841,14 @@ class Model:
     lesson: Lesson = REFERENCE  # whose forward predicts: the lesson that trained it
 
 
-def _check_loss(loss, epoch, lr, start_loss):
-    """Stop with advice when the loss is non-finite or has grown a thousandfold."""
+def _check_loss(loss, epoch, lr, start_loss, failed=None):
+    """Stop with advice when the loss is non-finite or has grown a thousandfold: a function of the lesson
+    that failed its own check (failed, from _failed_checks) is blamed before the learning rate."""
     if not np.isfinite(loss) or loss > 1e3 * max(start_loss, 1.0):
+        cause = _divergence_cause(failed) or f"The learning rate {lr:g} is too large; try {lr / 10:g}."
         raise TrainingDiverged(
             f"Training diverged in epoch {epoch}: the loss became {loss:.3g} (it started at "
-            f"{start_loss:.3g}). The learning rate {lr:g} is too large; try {lr / 10:g}.")
+            f"{start_loss:.3g}). {cause}")
 
 
 def mirror_faces(X):
@@ -944,6 +946,8 @@ def train(X_train, y_train, X_val=None, y_val=None, *, lesson=REFERENCE, n_hidde
     Weight decay and momentum are steps: dataclasses.replace(lesson, sgd_step=your_step) (notebook 05).
     """
     lesson.require("sgd_step", "train_epoch", purpose="training")
+    epochs, X_train, y_train = grading_budget(epochs, X_train, y_train)  # FACEAGE_GRADING=1: a tiny budget
+    failed = _failed_checks(lesson)  # says so, one line per function of the lesson that fails its own check
     if (keep_best or patience) and X_val is None:
         raise ValueError("keep_best and patience need validation faces, train(X_train, y_train, X_val, y_val, ...): "
                          "the best epoch is the one with the lowest validation error.")
@@ -968,7 +972,7 @@ def train(X_train, y_train, X_val=None, y_val=None, *, lesson=REFERENCE, n_hidde
         epoch_lr = lr * lr_decay ** (epoch - 1)
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by _check_loss
             train_loss = lesson.train_epoch(lesson, model.params, Xs, ys, epoch_lr, batch_size, rng)
-        _check_loss(train_loss, epoch, epoch_lr, start_loss)
+        _check_loss(train_loss, epoch, epoch_lr, start_loss, failed)
         history["epoch"].append(epoch)
         history["train_loss"].append(train_loss)
         val_rmse = None
@@ -987,9 +991,10 @@ def train(X_train, y_train, X_val=None, y_val=None, *, lesson=REFERENCE, n_hidde
             print("\r" + _progress(epoch, epochs, train_loss, val_rmse), end="", flush=True)
         elif verbose:
             print(_progress(epoch, epochs, train_loss, val_rmse))
-        if patience and epoch - best[0] >= patience:
-            history["stopped_epoch"] = epoch  # early stopping: no new lowest validation error for `patience` epochs
-            break
+        if patience:
+            history["stopped_epoch"] = epoch  # the last epoch trained, unless patience stops the run earlier
+            if epoch - best[0] >= patience:  # early stopping: no new lowest validation error for `patience` epochs
+                break
     if live:
         print()
     if keep_best:  # early stopping, after the fact: the weights of the best epoch, not of the last

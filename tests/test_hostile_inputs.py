@@ -212,7 +212,8 @@ def test_interrupted_model_save_keeps_the_previous_model(tmp_path, capsys, monke
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["model.npz", "weight_images"]
 
 
-@pytest.mark.parametrize("sig, says", [(signal.SIGINT, "interrupted (Ctrl-C)"), (signal.SIGTERM, "interrupted (SIGTERM")])
+@pytest.mark.parametrize("sig, says", [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                       (signal.SIGTERM, "interrupted (SIGTERM")])
 def test_a_signal_during_training_says_so_and_keeps_the_files(tmp_path, sig, says):
     data = make_fake_zip(tmp_path / "d.zip", n_train=300, n_test=20)
     (tmp_path / "o").mkdir()
