@@ -35,7 +35,7 @@ def counted(lesson=fh.REFERENCE, names=("forward", "mse_loss", "backward", "sgd_
         def counting(*args):
             calls[name] += 1
             return fn(*args)
-        counting.__name__ = name
+        counting.__name__ = f"counted_{name}"  # not an exercise's name: fh.train's vetting leaves it alone
         return counting
     return dataclasses.replace(lesson, **{n: wrap(n, getattr(lesson, n)) for n in names}), calls
 
@@ -73,7 +73,7 @@ def test_train_and_predict_run_the_given_lessons_functions_not_the_modules(monke
     before = calls["forward"]
     fh.predict(model, X[:5])
     assert calls["forward"] == before + 1
-    assert model.settings["step"] == "sgd_step"
+    assert model.settings["step"] == "counted_sgd_step"  # the name of the lesson's step function
 
 
 def test_the_module_calls_no_c_code_of_its_own():
@@ -381,3 +381,20 @@ def test_each_run_gets_a_fresh_velocity():
             for _ in range(2)]
     for k in runs[0].params:
         np.testing.assert_array_equal(runs[0].params[k], runs[1].params[k])
+
+
+def test_train_says_so_before_training_with_a_backward_that_fails_its_check(capsys):
+    """A backward without the ReLU mask must not train quietly, and a run that then diverges blames it."""
+    def backward(params, cache, dy_hat):  # the ReLU mask forgotten: every unit treated as active
+        X, Z, H = cache
+        return fh.backward(params, (X, np.ones_like(Z), H), dy_hat)
+    lesson = dataclasses.replace(fh.REFERENCE, backward=backward)
+    X, y = teacher_problem(40)
+    fh.train(X, y, lesson=lesson, n_hidden=3, batch_size=20, epochs=1, mirror=False, verbose=False)
+    assert capsys.readouterr().out.startswith("Before training: your backward (test_training) fails its check")
+    with pytest.raises(fh.TrainingDiverged, match="Your backward failed its check") as info:
+        fh.train(X, y, lesson=lesson, n_hidden=3, lr=1e6, batch_size=20, epochs=1, mirror=False, verbose=False)
+    assert "learning rate is not the cause" in str(info.value)
+    capsys.readouterr()
+    fh.train(X, y, n_hidden=3, batch_size=20, epochs=1, mirror=False, verbose=False)  # the reference: no such line
+    assert "Before training" not in capsys.readouterr().out
