@@ -31,8 +31,7 @@ CULL := --MappingKernelManager.cull_idle_timeout=1800 --MappingKernelManager.cul
 	--MappingKernelManager.cull_connected=True
 lab: setup data-check
 	@$(if $(AS_ROOT),echo "Running as root (as in many containers): starting JupyterLab with --allow-root.")
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(CULL) $(if $(AS_ROOT),--allow-root) \
-	  notebooks/01_explore_the_faces.ipynb
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(CULL) $(if $(AS_ROOT),--allow-root) notebooks/01_explore_the_faces.ipynb
 
 # One BLAS thread: the notebooks' kernels, JupyterLab, Voila and Chromium share 2 cores, and
 # OpenBLAS threads that spin for a busy core slow training tenfold (results are the same either way).
