@@ -6,6 +6,23 @@ import pytest
 
 import faceage_helpers as fh
 
+# The lesson's loop as a student writes it in notebook 03 §4 (a cell's source): the right answer that the
+# train_epoch check tests and the lesson tests save in a fake notebook 03.
+RIGHT_LOOP = '''
+def train_epoch(lesson, params, X, y, lr, batch_size, rng):
+    n = len(X)
+    order = rng.permutation(n)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        batch = order[start:start + batch_size]
+        y_hat, cache = lesson.forward(params, X[batch])
+        loss, dy_hat = lesson.mse_loss(y_hat, y[batch])
+        grads = lesson.backward(params, cache, dy_hat)
+        lesson.sgd_step(params, grads, lr)
+        total += loss * len(batch)
+    return total / n
+'''
+
 
 def fails(check, fn, *phrases):
     """Run check(fn), expect an ExerciseCheckError, and return its message after checking the phrases."""

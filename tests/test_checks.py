@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import faceage_helpers as fh
-from check_support import exec_source, fails, twin
+from check_support import RIGHT_LOOP, exec_source, fails, twin
 
 
 def stub(*args):
@@ -349,21 +349,6 @@ def test_sgd_step_mistakes(mutant, phrases):
 
 
 # --- train_epoch: the check runs the loop with a spy lesson; the loop alone is checked ------------
-
-RIGHT_LOOP = '''
-def train_epoch(lesson, params, X, y, lr, batch_size, rng):
-    n = len(X)
-    order = rng.permutation(n)
-    total = 0.0
-    for start in range(0, n, batch_size):
-        batch = order[start:start + batch_size]
-        y_hat, cache = lesson.forward(params, X[batch])
-        loss, dy_hat = lesson.mse_loss(y_hat, y[batch])
-        grads = lesson.backward(params, cache, dy_hat)
-        lesson.sgd_step(params, grads, lr)
-        total += loss * len(batch)
-    return total / n
-'''
 
 
 def loop(*changes, **names):

@@ -39,24 +39,24 @@ def no_data_env(monkeypatch):
     monkeypatch.delenv("FACEAGE_DATA", raising=False)
 
 
-def cli(capsys, *args):
-    """Run main(argv) in this process: (exit code, stdout, stderr). argparse's own errors exit with 2."""
+def run_main(main, capsys, *args):
+    """Run a command's main(argv) in this process: (exit code, stdout, stderr). argparse's errors exit with 2."""
     try:
-        code = fh.main([str(a) for a in args])
+        code = main([str(a) for a in args])
     except SystemExit as e:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def cli(capsys, *args):
+    """faceage_helpers.py's command line, in this process."""
+    return run_main(fh.main, capsys, *args)
 
 
 def tool_cli(capsys, *args):
-    """tools/build_data.py's main(argv) in this process: (exit code, stdout, stderr)."""
-    try:
-        code = bd.main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """tools/build_data.py's command line, in this process."""
+    return run_main(bd.main, capsys, *args)
 
 
 def run_cli(*args, cwd, code=None, timeout=120, tool=None):

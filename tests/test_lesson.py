@@ -13,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import faceage_helpers as fh
-from check_support import exec_source
+from check_support import RIGHT_LOOP, exec_source
 
 NB02, NB03, NB04 = fh.NOTEBOOKS[1], fh.NOTEBOOKS[2], fh.NOTEBOOKS[3]
 
@@ -37,18 +37,7 @@ SGD_STEP = '''#@save
 def sgd_step(params, grads, lr):
     for name, p in params.items():
         p -= lr * grads[name]'''
-TRAIN_EPOCH = '''#@save
-def train_epoch(lesson, params, X, y, lr, batch_size, rng):
-    n = len(X)
-    order = rng.permutation(n)
-    total = 0.0
-    for start in range(0, n, batch_size):
-        batch = order[start:start + batch_size]
-        y_hat, cache = lesson.forward(params, X[batch])
-        loss, dy_hat = lesson.mse_loss(y_hat, y[batch])
-        lesson.sgd_step(params, lesson.backward(params, cache, dy_hat), lr)
-        total += loss * len(batch)
-    return total / n'''
+TRAIN_EPOCH = "#@save" + RIGHT_LOOP
 
 
 def write(path, *sources, markdown="# a notebook"):
