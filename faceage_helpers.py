@@ -883,52 +883,56 @@ def _progress(epoch, epochs, train_loss, val_rmse, width=20):
     return f"epoch {epoch:3d}/{epochs} [{bar:<{width}}] train loss {train_loss:.4f}{val}"
 
 
-class MirroredFaces:
-    """Standardised faces and their left-right mirror images as one set of 2N rows (notebook 03 §6).
+class TrainingFaces:
+    """The training faces as train_epoch sees them: standardised per pixel and, with mirror, followed by their
+    left-right mirror images (2N rows over N stored), each batch made when it is asked for (notebook 03 §6).
 
-    Row i < N is face i, row N + i is its mirror image, made when a batch asks for it: half the memory
-    of a stacked copy. A train_epoch uses it like an array: len(X), X.shape and X[batch].
+    No standardised copy of the whole set is kept, so training needs no more memory than the faces it was
+    given. X[batch] copies the batch's rows, flips its mirrored ones and standardises them: the same numbers,
+    bit for bit, as standardising the whole set first. A train_epoch uses it like an array: len(X), X.shape
+    and X[batch].
     """
 
-    def __init__(self, X):
-        self.X = X
-        self.shape, self.dtype = (2 * len(X), X.shape[1]), X.dtype
+    def __init__(self, X, x_mean, x_std, mirror):
+        self.X, self.x_mean, self.x_std, self.mirror = X, x_mean, x_std, mirror
+        self.rows = np.arange(len(X) * (2 if mirror else 1))  # indexing it turns any index into row numbers
+        self.shape, self.dtype = (len(self.rows), X.shape[1]), x_mean.dtype
 
     def __len__(self):
-        return 2 * len(self.X)
+        return len(self.rows)
 
-    def __getitem__(self, rows):
-        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
-        out = self.X[rows % len(self.X)]
-        flip = rows >= len(self.X)
-        out[flip] = mirror_faces(out[flip])
-        return out
+    def __getitem__(self, index):
+        rows = self.rows[index]  # slices, negative numbers and out-of-range rows behave as for an array
+        out = self.X[np.atleast_1d(rows) % len(self.X)].astype(self.dtype, copy=False)  # a copy: fancy indexing
+        if self.mirror:
+            flip = np.atleast_1d(rows) >= len(self.X)
+            out[flip] = mirror_faces(out[flip])
+        out -= self.x_mean
+        out /= self.x_std
+        return out if np.ndim(rows) else out[0]
 
 
 def _training_arrays(X_train, y_train, mirror=DEFAULTS["mirror"], dtype=np.float32):
     """What train() learns from: the faces standardised per pixel (with their mirror images when mirror),
     the ages scaled to mean 0 and standard deviation 1, and the statistics that undo it (notebook 03 §2).
 
-    Returns (Xs, ys, x_mean, x_std, y_mean, y_std). Xs holds the one float copy of the faces that training
-    keeps, standardised in place. With mirror, the statistics are those of faces and mirror images together,
-    which are left-right symmetric: so the mirror image of a standardised face is the standardised mirror image.
+    Returns (Xs, ys, x_mean, x_std, y_mean, y_std); Xs is a TrainingFaces over X_train itself. With mirror,
+    the statistics are those of faces and mirror images together, which are left-right symmetric: so the
+    mirror image of a standardised face is the standardised mirror image.
     """
     dtype = np.dtype(dtype)
     X_train = as_face_rows(X_train, "X_train")
     y_train = as_ages(y_train, len(X_train), "y_train")
-    Xs = X_train.astype(dtype)  # a copy: standardised in place below
-    mean, std = _mean_std(Xs)
+    mean, std = _mean_std(X_train)
     if mirror:  # over faces and mirror images: the mean of both, and the spread of both around it
         mean_both = (mean + mirror_faces(mean[None])[0]) / 2
         spread = std ** 2 + (mean - mean_both) ** 2  # each pixel's mean squared distance from mean_both
         mean, std = mean_both, np.sqrt((spread + mirror_faces(spread[None])[0]) / 2)
         y_train = np.concatenate([y_train, y_train])
     x_mean, x_std = mean.astype(dtype), np.maximum(std, 1e-3).astype(dtype)
-    Xs -= x_mean
-    Xs /= x_std
     y_mean, y_std = float(y_train.mean()), float(y_train.std()) or 1.0
     ys = ((y_train - y_mean) / y_std).astype(dtype)
-    return (MirroredFaces(Xs) if mirror else Xs), ys, x_mean, x_std, y_mean, y_std
+    return TrainingFaces(X_train, x_mean, x_std, mirror), ys, x_mean, x_std, y_mean, y_std
 
 
 def train(X_train, y_train, X_val=None, y_val=None, *, lesson=REFERENCE, n_hidden=DEFAULTS["n_hidden"],
@@ -1414,7 +1418,7 @@ def _browser(slider, draw, summary):
 
 def _unit_stats(model, X_faces, ages, top_k):
     """What the unit browsers show of each unit, computed once: its top_k most exciting faces and
-    its mean activation per age band, on one scale for all units."""
+    its mean activation per age band, on one scale for all units. Only the faces shown are kept."""
     X = as_face_rows(X_faces, "X_faces")
     ages = as_ages(ages, len(X), "ages")
     if not 1 <= top_k <= len(X):
@@ -1423,7 +1427,9 @@ def _unit_stats(model, X_faces, ages, top_k):
     band = age_band(ages)
     mean_h = np.stack([H[band == b].mean(axis=0) if np.any(band == b) else np.zeros(H.shape[1])
                        for b in range(len(AGE_BANDS))], axis=1)  # (hidden, bands)
-    return dict(X=X, ages=ages, top=np.argsort(-H, axis=0, kind="stable")[:top_k].T,  # (hidden, top_k)
+    top = np.argsort(-H, axis=0, kind="stable")[:top_k].T  # (hidden, top_k): indices into X
+    shown, top = np.unique(top.ravel(), return_inverse=True)  # keep only the faces shown, not all of X
+    return dict(X=X[shown], ages=ages[shown], top=top.reshape(-1, top_k),  # top now indexes the faces kept
                 mean_h=mean_h, h_max=max(float(mean_h.max()), 1e-6), never_active=H.max(axis=0) <= 0,
                 W1=model.params["W1"], W2=model.params["W2"][0])
 
@@ -1592,10 +1598,10 @@ def epoch_browser(history, units=(0, 1, 2, 3, 4, 5, 6, 7), ncols=4):
 def input_gradient_browser(model, X_faces, ages, lesson=None, face=0):
     """A slider over faces: each face, its gradient map dŷ/dx, and the predicted age (notebook 06 §5).
 
-    The maps come from input_gradient with lesson.backward_to_input (None: the model's lesson), once for
-    all faces. They share one colour scale (99.9% of all |dŷ/dx| fit in it), so a face whose prediction
-    reacts more strongly to its pixels looks stronger. Returns a VBox (IntSlider "face", HTML caption
-    "face i of N: ...", Output).
+    The maps come from input_gradient with lesson.backward_to_input (None: the model's lesson): all of them
+    once, for one colour scale (99.9% of all |dŷ/dx| fit in it), so a face whose prediction reacts more
+    strongly to its pixels looks stronger; then each face's own when it is shown. Returns a VBox
+    (IntSlider "face", HTML caption "face i of N: ...", Output).
     """
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -1603,9 +1609,9 @@ def input_gradient_browser(model, X_faces, ages, lesson=None, face=0):
     ages = as_ages(ages, len(X), "ages")
     if not 0 <= int(face) < len(X):
         raise ValueError(f"face must be between 0 and {len(X) - 1} (there are {len(X)} faces), got {face}.")
-    G = input_gradient(model, X, lesson)
+    lesson = lesson or model.lesson
+    lim = float(np.percentile(np.abs(input_gradient(model, X, lesson)), 99.9)) or 1.0  # all maps, once
     pred = predict(model, X)
-    lim = float(np.percentile(np.abs(G), 99.9)) or 1.0
     norm, cmap = Normalize(-lim, lim), colormaps["RdBu_r"]
     # One figure, built once: face | gradient map | the map laid over the face; view(i) swaps the data.
     fig = _figure(9.2, 3.7)
@@ -1623,8 +1629,8 @@ def input_gradient_browser(model, X_faces, ages, lesson=None, face=0):
     fig.colorbar(grad_image, cax=fig.add_subplot(grid[3]), label="years per unit of brightness")
     heading = fig.suptitle("", fontsize=10)
 
-    def view(i):
-        g = G[i].reshape(IMAGE_SHAPE)
+    def view(i):  # face i's map is made again when it is shown: keeping every map would double the memory
+        g = input_gradient(model, X[i:i + 1], lesson)[0].reshape(IMAGE_SHAPE)
         face_image.set_data(X[i].reshape(IMAGE_SHAPE))
         grad_image.set_data(g)
         under_image.set_data(X[i].reshape(IMAGE_SHAPE))
@@ -1911,6 +1917,27 @@ def own_face_browser(model, lesson, image, mean_face, centre=None, size=None, an
     return OwnFaceBrowser([upload, widgets.VBox(list(sliders.values())), caption, output])
 
 # --- end of notebook 08 ---
+
+
+# =============================================================================
+# The end of every notebook: handing its memory back
+# =============================================================================
+
+def release_memory():
+    """Hand the memory of deleted variables back to the system (the last cell of every notebook).
+
+    gc.collect() frees what only reference cycles kept alive. NumPy's freed arrays then go back to the C
+    library's allocator, and on Linux (glibc) it keeps tens of MB of them for this process to reuse:
+    malloc_trim(0) returns them, so a kernel left running holds only what it still uses (benchmarks/
+    course_walk.py measures it). Elsewhere (macOS, Windows) there is no such call, and collecting is all.
+    """
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # None: the C library this Python runs on
+    except (AttributeError, OSError, TypeError):  # not glibc: no malloc_trim to call
+        pass
 
 
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~

@@ -71,6 +71,45 @@ def test_the_readme_lists_every_test_file_and_only_those():
     assert table == files, f"in the README only: {sorted(table - files)}; not in the README: {sorted(files - table)}"
 
 
+def last_code_cell(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "".join([c for c in cells if c["cell_type"] == "code"][-1]["source"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_notebook_ends_by_handing_its_memory_back_and_says_why(path):
+    """Students leave kernels running (issue 24): the last cell deletes the variables and returns the memory."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    code = last_code_cell(path)
+    assert code.startswith("%reset -f") and "fh.release_memory()" in code
+    assert cells[-1]["cell_type"] == "code" and "".join(cells[-1]["source"]) == code
+    why = "".join(cells[-2]["source"])
+    assert why.startswith("## Before you move on: free the memory")
+    assert "Running Terminals and Kernels" in why and "release_memory" in why
+
+
+def test_release_memory_collects_what_only_a_cycle_kept_alive():
+    import gc
+    import weakref
+
+    import faceage_helpers as fh
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle: freed only by the garbage collector
+    alive = weakref.ref(a)
+    gc.disable()  # so that only release_memory can collect it
+    try:
+        del a, b
+        assert alive() is not None
+        fh.release_memory()
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
 def public_helpers():
     """(name, docstring) of every public function and class the module defines."""
     import inspect
@@ -85,7 +124,9 @@ def public_helpers():
 def test_each_helper_names_the_notebook_section_that_teaches_it(name, doc):
     """d2l's rule: a helper's docstring names its section, so the lessons and the module cannot drift apart."""
     refs = re.findall(r"notebook (\d\d) §(\d+)", doc)
-    if not refs:
+    if "the last cell of every notebook" in doc:  # fh.release_memory
+        assert all(f"fh.{name}()" in last_code_cell(path) for path in NOTEBOOKS), f"{name}: not in every last cell"
+    elif not refs:
         assert "command line" in doc, f"{name}: its docstring names no 'notebook NN §k' (nor 'command line')"
     for number, section in refs:
         path = next((p for p in NOTEBOOKS if p.name.startswith(f"{number}_")), None)

@@ -182,6 +182,26 @@ def test_mirror_doubles_the_data_with_flipped_faces():
     assert calls["backward"] == 2  # 80 faces: the 40 and their mirror images
 
 
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_faces_are_the_whole_set_standardised_batch_by_batch(mirror, dtype):
+    """fh.train keeps no standardised copy (issue 24): each batch equals, bit for bit, the same rows of the
+    whole set (with its mirror images) standardised first, and the faces given are not copied or changed."""
+    X, y = teacher_problem(50)
+    before = X.copy()
+    Xs, ys, x_mean, x_std, _, _ = fh._training_arrays(X, y, mirror=mirror, dtype=dtype)
+    assert Xs.X is X and len(Xs) == len(ys) == (100 if mirror else 50) and Xs.shape == (len(ys), 2304)
+    whole = np.concatenate([X, fh.mirror_faces(X)]) if mirror else X
+    whole = (whole.astype(dtype) - x_mean) / x_std
+    batch = np.random.default_rng(0).permutation(len(Xs))[:30]
+    for index in (batch, slice(3, 9), slice(None, None, -7), -1, 0, [len(Xs) - 1]):
+        assert Xs[index].dtype == dtype
+        np.testing.assert_array_equal(Xs[index], whole[index])
+    np.testing.assert_array_equal(X, before)
+    with pytest.raises(IndexError):
+        Xs[len(Xs)]
+
+
 def test_progress_lines_are_printed(capsys):
     X, y = teacher_problem(200)
     fh.train(X, y, X[:50], y[:50], n_hidden=4, epochs=2, verbose=True)
