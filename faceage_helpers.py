@@ -1119,11 +1119,12 @@ def regression_metrics(y_true, y_pred) -> dict:
     return {"mse": mse, "rmse": mse ** 0.5, "mae": float(np.mean(np.abs(err)))}
 
 
-def fit_ridge(X, y, lam=100.0, chunk=2048):
+def fit_ridge(X, y, lam=100.0, chunk=512):
     """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns
     predict(X) (notebook 01 §5, inside fh.baselines).
 
-    Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set.
+    Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set (about 90 MB
+    at the peak: Xc^T Xc, the sum and one chunk).
     """
     x_mean, y_mean = _mean_std(X, chunk)[0], float(np.mean(y))
     yc = np.asarray(y, dtype=np.float64) - y_mean
