@@ -8,6 +8,9 @@ nothing else catches: a widget shown as text (IntSlider(value=0)) and a plot tha
 Screenshots of each browser, before and after, go to a temporary folder whose path is printed
 (pytest -m browser -s shows it).
 Without /usr/bin/chromium the tests skip, unless FACEAGE_REQUIRE_BROWSER=1 (CI sets it): then they fail.
+Notebooks 06 and 08 run in grading mode (FACEAGE_GRADING=1: 2,000 training faces, one short epoch), as
+nbgrader runs them: their tests are about the sliders and the upload, not the model, and so they take
+seconds of training instead of a minute. Notebook 04 trains in full: its epoch slider needs all its snapshots.
 """
 import contextlib
 import hashlib
@@ -51,8 +54,14 @@ def notebook():
 
 
 @pytest.fixture
-def notebook_06():
-    """Notebook 06 (the face browser)."""
+def grading_mode(monkeypatch):
+    """FACEAGE_GRADING=1 for the servers' kernels (server_env copies this environment)."""
+    monkeypatch.setenv(fh.GRADING_ENV, "1")
+
+
+@pytest.fixture
+def notebook_06(grading_mode):
+    """Notebook 06 (the face browser), in grading mode."""
     yield from committed(NOTEBOOK_06)
 
 
@@ -162,8 +171,8 @@ CAPTION_08 = {"centre x": "centre x {},", "centre y": ", y {},", "size": "size {
 
 
 @pytest.fixture
-def notebook_08():
-    """Notebook 08 (the own-face browser)."""
+def notebook_08(grading_mode):
+    """Notebook 08 (the own-face browser), in grading mode."""
     yield from committed(bs.NOTEBOOK_08)
 
 
