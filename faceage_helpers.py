@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
+import gc
 import io
 import json
 import lzma
@@ -903,9 +904,10 @@ class TrainingFaces:
 
     def __getitem__(self, index):
         rows = self.rows[index]  # slices, negative numbers and out-of-range rows behave as for an array
-        out = self.X[np.atleast_1d(rows) % len(self.X)].astype(self.dtype, copy=False)  # a copy: fancy indexing
+        many = np.atleast_1d(rows)
+        out = self.X[many % len(self.X)].astype(self.dtype, copy=False)  # a copy: fancy indexing
         if self.mirror:
-            flip = np.atleast_1d(rows) >= len(self.X)
+            flip = many >= len(self.X)
             out[flip] = mirror_faces(out[flip])
         out -= self.x_mean
         out /= self.x_std
@@ -1123,7 +1125,7 @@ def fit_ridge(X, y, lam=100.0, chunk=512):
     """Ridge regression in closed form, w = (Xc^T Xc + lam I)^-1 Xc^T yc on centred data; returns
     predict(X) (notebook 01 §5, inside fh.baselines).
 
-    Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set (about 90 MB
+    Xc^T Xc is summed one float64 chunk of faces at a time: no float64 copy of the whole set (about 95 MB
     at the peak: Xc^T Xc, the sum and one chunk).
     """
     x_mean, y_mean = _mean_std(X, chunk)[0], float(np.mean(y))
@@ -1318,8 +1320,9 @@ def save_weight_images(W1, folder, n=30, scale=4):
 # Browsers: the interactive widgets of notebooks 04, 06 and 08
 # =============================================================================
 # Each browser is a VBox(IntSlider, HTML caption, Output holding one PNG). Everything slow
-# (activations, gradients, rankings, colour limits, the figure itself) is done once when the browser is built;
-# a slider move only swaps new pictures and numbers into that figure and its PNG into the Output.
+# (activations, rankings, colour limits, the figure itself) is done once when the browser is built;
+# a slider move only swaps new pictures and numbers into that figure and its PNG into the Output
+# (the face browser also makes that one face's gradient map: one small forward and backward pass).
 
 BROWSER_DPI = 80  # small PNGs: a redraw stays well under a second, and projects fine
 
@@ -1610,7 +1613,6 @@ def input_gradient_browser(model, X_faces, ages, lesson=None, face=0):
     ages = as_ages(ages, len(X), "ages")
     if not 0 <= int(face) < len(X):
         raise ValueError(f"face must be between 0 and {len(X) - 1} (there are {len(X)} faces), got {face}.")
-    lesson = lesson or model.lesson
     lim = float(np.percentile(np.abs(input_gradient(model, X, lesson)), 99.9)) or 1.0  # all maps, once
     pred = predict(model, X)
     norm, cmap = Normalize(-lim, lim), colormaps["RdBu_r"]
@@ -1932,8 +1934,7 @@ def release_memory():
     malloc_trim(0) returns them, so a kernel left running holds only what it still uses (benchmarks/
     course_walk.py measures it). Elsewhere (macOS, Windows) there is no such call, and collecting is all.
     """
-    import ctypes
-    import gc
+    import ctypes  # here only: no training code calls C (the one C call is this memory hand-back, for glibc)
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)  # None: the C library this Python runs on
