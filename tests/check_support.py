@@ -6,6 +6,10 @@ import pytest
 
 import faceage_helpers as fh
 
+# The exercises whose answers are the module's functions, in fh.EXERCISES's order (notebook 07's exercises
+# are the notebook's own functions, not the module's).
+MODULE_EXERCISES = [name for name, (nb, _, _) in fh.EXERCISES.items() if nb < "07"]
+
 # The lesson's loop as a student writes it in notebook 03 §4 (a cell's source): the right answer that the
 # train_epoch check tests and the lesson tests save in a fake notebook 03.
 RIGHT_LOOP = '''

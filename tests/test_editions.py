@@ -29,6 +29,7 @@ from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 import faceage_helpers as fh
+from check_support import MODULE_EXERCISES
 from fakes import make_fake_zip, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,8 +283,7 @@ def code_lines(source, only=None, without=()):
 
 
 # the module's functions that answer an exercise (weight_image stays: every weight plot uses it), and relu
-# the module's exercise functions (notebook 07's exercises are the notebook's own functions, not the module's)
-ANSWERS = sorted({name for name, (nb, _, _) in fh.EXERCISES.items() if nb < "07"} - {"weight_image"} | {"relu"})
+ANSWERS = sorted(set(MODULE_EXERCISES) - {"weight_image"} | {"relu"})
 
 
 def test_the_classroom_module_defines_exactly_the_solution_modules_names(edition):
@@ -371,7 +371,7 @@ def test_the_classroom_module_checks_with_the_saved_answers_and_trains_with_the_
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line for line in lines if line.endswith("all checks passed.")] == [
-        f"{n}: all checks passed." for n, (nb, _, _) in fh.EXERCISES.items() if nb < "07"]
+        f"{n}: all checks passed." for n in MODULE_EXERCISES]
     assert "backward: this is fh.backward, the module's own function, not yours" in result.stdout
     for name in ANSWERS:
         assert any(line.startswith(f"fh.{name}: NotImplementedError: the classroom edition's fh.{name} has no code")

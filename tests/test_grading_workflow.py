@@ -105,7 +105,7 @@ def test_each_exercise_is_graded_alone():
     notebook = notebook_namespace("07_any_depth.ipynb")  # deep_backward looks its layers up here, as in a kernel
     broken = {"affine_backward": mine(lambda dY, cache: (0 * dY, 0, 0)), "relu_backward": mine(lambda dH, Z: dH)}
     assert graded("deep_backward", notebook["deep_backward"], notebook, **broken)
-    assert notebook["affine_backward"] is broken["affine_backward"]  # the notebook's own layers are back
+    assert notebook["affine_backward"] is broken["affine_backward"]  # the student's (broken) layers are back
 
 
 def notebook_namespace(name):
